@@ -126,6 +126,13 @@ def _list_item(tp: Any) -> Any:
 
 _PATHS_CACHE: dict[type, list[str]] = {}
 
+# names people type for keys that this schema (TAO's) spells otherwise
+_SYNONYMS = {
+    "learning_rate": "lr", "wd": "weight_decay", "epochs": "num_epochs", "max_epochs": "num_epochs",
+    "batch": "batch_size", "bs": "batch_size", "backbone": "encoder", "num_workers": "workers",
+    "warmup": "warmup_steps", "scheduler": "lr_scheduler", "gpus": "num_gpus", "output_dir": "results_dir",
+}
+
 
 def _paths_of(cls: type) -> list[str]:
     if cls not in _PATHS_CACHE:
@@ -138,6 +145,11 @@ def _suggest(path: str, root: type = ExperimentConfig) -> Optional[str]:
     _ALL_PATHS = _paths_of(root)
     norm = ".".join("*" if p.isdigit() else p for p in path.split("."))
     leaf = norm.split(".")[-1]
+    if leaf in _SYNONYMS:
+        leaf = _SYNONYMS[leaf]
+        norm = norm.rsplit(".", 1)[0] + "." + leaf if "." in norm else leaf
+        if norm in _ALL_PATHS:
+            return norm
     same_leaf = [p for p in _ALL_PATHS if p.split(".")[-1] == leaf and p != norm]
     if same_leaf:
         # prefer the candidate sharing the most leading components

@@ -1,0 +1,205 @@
+"""`automl <action> [--skill depth_net_mono] [-e SPEC.yaml] [dotted.key=value ...]`
+
+Every action reads one YAML spec (TAO depth_net keys work) plus dotted overrides. Errors in what the user gave
+(spec, data, checkpoint, arguments) are printed without a traceback and exit with status 2; a training run
+whose loss went NaN/inf exits with status 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str
+    help: str
+    examples: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    uses_spec: bool = True
+
+
+def _add_spec_args(p: argparse.ArgumentParser, spec_required: bool = False) -> None:
+    p.add_argument("--skill", default="depth_net_mono", help="model family (default: depth_net_mono)")
+    p.add_argument("-e", "--experiment_spec", "--spec", dest="spec", required=spec_required, metavar="SPEC.yaml",
+                   help="spec file (TAO depth_net keys accepted)" +
+                        ("" if spec_required else "; without it, the embedded demo on synthetic scenes"))
+    p.add_argument("overrides", nargs="*", metavar="key.path=value",
+                   help="dotted overrides, e.g. train.optim.lr=5e-6 dataset.train_dataset.batch_size=4")
+
+
+def _add_tracking_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///RESULTS_DIR/mlflow.db)")
+
+
+def _tracking_uri(args: argparse.Namespace) -> Optional[str]:
+    """Resolved once here and passed down: --tracking-uri, then MLFLOW_TRACKING_URI, else None (the default)."""
+    return getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# actions
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _synth_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder (scene folders and train.txt/val.txt)")
+    p.add_argument("--num", type=int, default=200, help="number of frames (default 200)")
+    p.add_argument("--size", default="240x320", help="HxW of each frame (default 240x320)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
+    p.add_argument("--layout", choices=("nyu", "metric"), default="nyu",
+                   help="nyu: rgb_XXXXX.jpg + sync_depth_XXXXX.png (uint16 mm); metric: PNG + float32 .npy metres")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="fraction of scenes held out for val.txt")
+
+
+def _synth_run(args: argparse.Namespace) -> int:
+    from trainer.data.synth import generate_dataset
+    from trainer.errors import UserError
+
+    try:
+        h, w = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--size: expected HxW like 240x320, found {args.size!r}") from None
+    if h < 28 or w < 28:
+        raise UserError(f"--size: frames must be at least 28x28, found {h}x{w}")
+    if args.num < 1:
+        raise UserError(f"--num: expected at least 1 frame, found {args.num}")
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise UserError(f"--val-fraction: expected a value in [0, 1), found {args.val_fraction}")
+    res = generate_dataset(args.out, args.num, size=(h, w), seed=args.seed, layout=args.layout,
+                           val_fraction=args.val_fraction, progress=True)
+    print(res.summary())
+    return 0
+
+
+def _convert_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-e", "--experiment_spec", "--spec", dest="spec", required=True, metavar="CONVERT.yaml",
+                   help="convert spec: data_root, image_dir_pattern, depth_dir_pattern, image_extension, "
+                        "depth_extension, split_ratio, results_dir")
+    p.add_argument("--skill", default="depth_net_mono", help="model family (default: depth_net_mono)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. split_ratio=0.8")
+
+
+def _convert_run(args: argparse.Namespace) -> int:
+    from trainer.data.convert import convert, load_convert_spec
+
+    res = convert(load_convert_spec(args.spec, args.overrides))
+    print(res.summary())
+    return 0
+
+
+def _off_configure(p: argparse.ArgumentParser) -> None:
+    _add_spec_args(p)
+    _add_tracking_arg(p)
+
+
+def _off_run(args: argparse.Namespace) -> int:
+    from automl.skills import get_skill
+
+    skill = get_skill(args.skill)
+    spec = skill.load_spec(args.spec, args.overrides, "train")
+    result = skill.fit(spec, tracking_uri=_tracking_uri(args))
+    skill.print_fit_summary(spec, result)
+    return 0
+
+
+def _evaluate_configure(p: argparse.ArgumentParser) -> None:
+    _add_spec_args(p, spec_required=True)
+
+
+def _evaluate_run(args: argparse.Namespace) -> int:
+    from automl.skills import get_skill
+
+    skill = get_skill(args.skill)
+    spec = skill.load_spec(args.spec, args.overrides, "evaluate")
+    skill.evaluate(spec)
+    return 0
+
+
+def _inference_configure(p: argparse.ArgumentParser) -> None:
+    _add_spec_args(p, spec_required=True)
+
+
+def _inference_run(args: argparse.Namespace) -> int:
+    from automl.skills import get_skill
+
+    skill = get_skill(args.skill)
+    spec = skill.load_spec(args.spec, args.overrides, "inference")
+    skill.inference(spec)
+    return 0
+
+
+ACTIONS: list[Action] = [
+    Action("synth", "generate synthetic RGB-D scenes (rooms with objects, exact depth) for demos and tests",
+           "automl synth --out data/synth --num 300 --size 240x320 --seed 0 --layout nyu",
+           _synth_configure, _synth_run, uses_spec=False),
+    Action("convert", "write annotation files (train/val or test) from an image + depth folder tree (TAO convert)",
+           "automl convert -e experiments/depth_net_mono/convert.yaml data_root=/data/nyu split_ratio=0.8",
+           _convert_configure, _convert_run),
+    Action("off", "plain training, no search (the same trainer a search trial runs)",
+           "automl off -e experiments/depth_net_mono/train_metric.yaml train.num_epochs=5\n"
+           "automl off --skill depth_net_mono          # embedded demo: tiny model, synthetic scenes, CPU",
+           _off_configure, _off_run),
+    Action("evaluate", "depth metrics (d1, abs_rel, rmse, ...) of a checkpoint on dataset.test_dataset",
+           "automl evaluate -e experiments/depth_net_mono/evaluate.yaml evaluate.checkpoint=results/x/best.ckpt",
+           _evaluate_configure, _evaluate_run),
+    Action("inference", "depth maps (colour PNG + raw NPY/PFM) for images, at each image's own size",
+           "automl inference -e experiments/depth_net_mono/inference.yaml inference.checkpoint=best.ckpt "
+           "dataset.infer_dataset.data_root=photos/",
+           _inference_configure, _inference_run),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from automl import __version__
+
+    epilog = "examples:\n" + "\n".join(
+        textwrap.indent(a.examples, "  ") for a in ACTIONS) + "\n\nrun 'automl ACTION --help' for an action's options"
+    parser = argparse.ArgumentParser(
+        prog="automl", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="AutoML finetuning of Depth Anything V2 (TAO depth_net specs work as they are).",
+        epilog=epilog)
+    parser.add_argument("--version", action="version", version=f"automl {__version__}")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", title="actions")
+    for a in ACTIONS:
+        p = sub.add_parser(a.name, help=a.help, description=a.help,
+                           epilog="examples:\n" + textwrap.indent(a.examples, "  "),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        a.configure(p)
+        p.set_defaults(_run=a.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from trainer.errors import NonFiniteLossError, UserError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "action", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return int(args._run(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except NonFiniteLossError as exc:
+        print(f"error: training diverged: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""What a skill provides to the driver. The search and the CLI only talk to a trainer through this surface."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from omegaconf import DictConfig
+
+Reporter = Callable[[int, Mapping[str, float], Optional[str]], None]
+
+
+class Skill(ABC):
+    name: str = ""
+    summary: str = ""
+
+    # ---- specs --------------------------------------------------------------------------------------------
+    @abstractmethod
+    def load_spec(self, path: Optional[str], overrides: Sequence[str], action: str) -> DictConfig:
+        """Read and validate a spec for `action`; with `path=None`, the embedded demo spec."""
+
+    @abstractmethod
+    def with_overrides(self, spec: DictConfig, values: Mapping[str, Any]) -> DictConfig:
+        """A validated copy of `spec` with dotted `values` applied (search trials)."""
+
+    @abstractmethod
+    def known_key(self, dotted: str) -> bool:
+        """Whether `dotted` names a key of this skill's spec (search spaces are checked against it)."""
+
+    @abstractmethod
+    def default_search_space(self) -> Path:
+        """The YAML search space used when the spec names none."""
+
+    # ---- actions ------------------------------------------------------------------------------------------
+    @abstractmethod
+    def fit(self, spec: DictConfig, reporter: Optional[Reporter] = None) -> Any:
+        """One training run (a plain run or a search trial)."""
+
+    @abstractmethod
+    def evaluate(self, spec: DictConfig) -> Mapping[str, float]:
+        ...
+
+    @abstractmethod
+    def inference(self, spec: DictConfig) -> Any:
+        ...
+
+    @abstractmethod
+    def export(self, spec: DictConfig) -> Any:
+        ...
+
+    @abstractmethod
+    def gen_trt_engine(self, spec: DictConfig) -> Any:
+        ...

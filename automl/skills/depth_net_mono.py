@@ -1,0 +1,148 @@
+"""The depth_net_mono skill: Depth Anything V2 (relative or metric) through `trainer/`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from omegaconf import DictConfig
+
+from automl.skills.base import Reporter, Skill
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# The embedded default: a tiny ViT + DPT trained from scratch on synthetic NYU-style rooms, sized so that the
+# demo runs on a 2-core CPU in minutes. Everything else keeps the spec defaults (TAO's).
+DEMO_DATA = {"num": 240, "size": (120, 160), "seed": 0, "layout": "nyu"}
+
+
+def demo_spec_tree(results_dir: str = "results/demo") -> dict[str, Any]:
+    data = Path(results_dir) / "data"
+    aug = {"crop_size": [112, 154], "color_aug_prob": 0.5}
+    return {
+        "results_dir": results_dir,
+        "model": {
+            "model_type": "MetricDepthAnything",
+            "encoder": "custom",
+            "custom": {"embed_dim": 96, "depth": 4, "num_heads": 3, "features": 32, "out_channels": [24, 48, 96, 96]},
+        },
+        "dataset": {
+            "min_depth": 0.001,
+            "max_depth": 10.0,
+            "train_dataset": {"data_sources": [{"data_file": str(data / "train.txt"), "dataset_name": "NYUDV2"}],
+                              "batch_size": 8, "workers": 1, "pin_memory": False, "augmentation": aug},
+            "val_dataset": {"data_sources": [{"data_file": str(data / "val.txt"), "dataset_name": "NYUDV2"}],
+                            "batch_size": 8, "workers": 0, "pin_memory": False, "augmentation": aug},
+        },
+        "train": {
+            "num_epochs": 8,
+            "seed": 0,
+            "checkpoint_interval": 1,
+            "clip_grad_norm": 1.0,
+            "optim": {"lr": 5e-4, "head_lr_multiplier": 2.0, "weight_decay": 0.01, "lr_scheduler": "LambdaLR",
+                      "warmup_steps": 20},
+        },
+        "automl": {"num_trials": 6, "max_concurrent": 2, "cpus_per_trial": 1, "scheduler": "asha",
+                   "grace_period": 2},
+    }
+
+
+def ensure_demo_data(results_dir: str) -> Path:
+    """Generate the demo's synthetic scenes once (deterministic by seed) under RESULTS_DIR/data."""
+    from trainer.data.synth import generate_dataset
+
+    data = Path(results_dir) / "data"
+    if (data / "train.txt").is_file() and (data / "val.txt").is_file():
+        return data
+    print(f"generating {DEMO_DATA['num']} synthetic RGB-D frames in {data} (once)", file=sys.stderr)
+    generate_dataset(str(data), DEMO_DATA["num"], size=DEMO_DATA["size"], seed=DEMO_DATA["seed"],
+                     layout=DEMO_DATA["layout"], progress=True)
+    return data
+
+
+def _results_dir_override(overrides: Sequence[str]) -> Optional[str]:
+    for item in overrides:
+        if item.startswith("results_dir="):
+            return item.split("=", 1)[1]
+    return None
+
+
+class DepthNetMono(Skill):
+    name = "depth_net_mono"
+    summary = "Depth Anything V2 monocular depth (RelativeDepthAnything / MetricDepthAnything)"
+
+    def load_spec(self, path: Optional[str], overrides: Sequence[str], action: str) -> DictConfig:
+        from trainer.config import load_spec
+
+        if path is None:
+            results_dir = _results_dir_override(overrides) or "results/demo"
+            ensure_demo_data(results_dir)
+            return load_spec(None, overrides, action=action, base=demo_spec_tree(results_dir))
+        return load_spec(path, overrides, action=action)
+
+    def with_overrides(self, spec: DictConfig, values: Mapping[str, Any]) -> DictConfig:
+        from trainer.config import with_overrides
+
+        return with_overrides(spec, values, action="train")
+
+    def known_key(self, dotted: str) -> bool:
+        from trainer.config import known_key
+
+        return known_key(dotted)
+
+    def nearest_key(self, dotted: str) -> Optional[str]:
+        from trainer.config import nearest_key
+
+        return nearest_key(dotted)
+
+    def default_search_space(self) -> Path:
+        return REPO_ROOT / "search_spaces" / "depth_net_mono.yaml"
+
+    # ---- actions ------------------------------------------------------------------------------------------
+    def fit(self, spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking_uri: Optional[str] = None,
+            tracking: Any = None, progress: Optional[bool] = None) -> Any:
+        from trainer.fit import fit
+        from trainer.tracking import TrackingConfig
+
+        if tracking is None:
+            tracking = TrackingConfig(uri=tracking_uri, experiment_name=spec.automl.experiment_name)
+        return fit(spec, reporter, tracking=tracking, progress=progress)
+
+    def print_fit_summary(self, spec: DictConfig, result: Any) -> None:
+        last = result.history[-1] if result.history else {}
+        shown = "  ".join(f"{k}={v:.4g}" for k, v in last.items() if k not in ("epoch", "lr"))
+        print(f"\ntraining finished: {result.epochs_completed} epochs in {result.wall_time_s:.0f} s")
+        if shown:
+            print(f"  final:            {shown}")
+        if result.best_value is not None:
+            print(f"  best {result.monitor}:   {result.best_value:.4g} (epoch {result.best_epoch})")
+        print(f"  best checkpoint:  {result.best_checkpoint}")
+        print(f"  last checkpoint:  {result.last_checkpoint}")
+        print(f"  status:           {Path(result.results_dir) / 'status.json'}")
+        if result.tracking_uri:
+            print(f"  MLflow run:       {result.mlflow_run_id} in {result.tracking_uri}")
+        if result.tracking_failures:
+            print(f"  MLflow problems:  {len(result.tracking_failures)} (first: {result.tracking_failures[0]})")
+        if result.skipped_samples:
+            print(f"  skipped samples:  {result.skipped_samples}")
+
+    def evaluate(self, spec: DictConfig) -> Mapping[str, float]:
+        from trainer.evaluate import evaluate
+
+        return evaluate(spec)
+
+    def inference(self, spec: DictConfig) -> Any:
+        from trainer.infer import inference
+
+        return inference(spec)
+
+    def export(self, spec: DictConfig) -> Any:
+        from trainer.export import export_onnx
+
+        return export_onnx(spec)
+
+    def gen_trt_engine(self, spec: DictConfig) -> Any:
+        from trainer.engine import build_engine
+
+        return build_engine(spec)

@@ -1,0 +1,180 @@
+"""Engineering around the LightningModule: status.json, the per-epoch report (console, MLflow, the search's
+reporter), and the `last.ckpt` that a resumed run or a retried trial continues from."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import pytorch_lightning as pl
+import torch
+
+from trainer.errors import NonFiniteLossError
+from trainer.tracking import MlflowRun
+
+Reporter = Callable[[int, Mapping[str, float], Optional[str]], None]
+
+
+class StatusFile:
+    """TAO-style `status.json`: one JSON object per line (STARTED, RUNNING with a `kpi` block, SUCCESS/FAILURE)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, status: str, message: str, **fields: Any) -> None:
+        now = _dt.datetime.now()
+        line = {"date": now.strftime("%m/%d/%Y"), "time": now.strftime("%H:%M:%S"), "status": status,
+                "verbosity": "INFO" if status != "FAILURE" else "ERROR", "message": message, **fields}
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(line, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, torch.Tensor):
+        return o.item() if o.numel() == 1 else o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def _fmt_td(seconds: float) -> str:
+    return str(_dt.timedelta(seconds=int(max(seconds, 0))))
+
+
+class RunRecorder(pl.Callback):
+    """Collects each epoch's metrics once and hands them to status.json, MLflow, the console and the reporter.
+
+    A checkpoint `last.ckpt` is written every `checkpoint_interval` epochs (and at the last epoch) before the
+    reporter is called, so the reporter can hand it to the search (Ray Tune) for retries and resumes.
+    """
+
+    def __init__(self, *, status: StatusFile, mlflow_run: Optional[MlflowRun], checkpoint_dir: Path,
+                 checkpoint_interval: int, has_validation: bool, reporter: Optional[Reporter] = None,
+                 console: bool = True, params: Optional[Mapping[str, Any]] = None):
+        self.status = status
+        self.mlflow = mlflow_run
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.checkpoint_interval = max(int(checkpoint_interval), 1)
+        self.has_validation = has_validation
+        self.reporter = reporter
+        self.console = console
+        self.params = dict(params or {})
+        self.history: list[dict[str, float]] = []
+        self.restored_run_id: Optional[str] = None
+        self._fit_start = 0.0
+        self._epoch_start = 0.0
+        self._loss_sum: Optional[torch.Tensor] = None
+        self._loss_n = 0
+        self.last_checkpoint: Optional[str] = None
+        self.failure: Optional[BaseException] = None
+
+    # ---- checkpoint state: the MLflow run id and the history survive a resume -------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"mlflow_run_id": self.mlflow.run_id if self.mlflow else None, "history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.restored_run_id = state.get("mlflow_run_id")
+        self.history = list(state.get("history", []))
+
+    # ---- hooks ------------------------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_start = time.time()
+        if trainer.is_global_zero:
+            if self.mlflow is not None:
+                if self.restored_run_id and not self.mlflow.run_id:
+                    self.mlflow.run_id = self.restored_run_id
+                resuming = bool(self.mlflow.run_id)
+                self.mlflow.start()
+                if not resuming:
+                    self.mlflow.log_params(self.params)
+            resumed = f" (resumed at epoch {trainer.current_epoch})" if trainer.current_epoch else ""
+            self.status.write("STARTED", f"Starting training{resumed}", max_epoch=trainer.max_epochs)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = time.time()
+        self._loss_sum, self._loss_n = None, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach().float()
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+            self._loss_n += 1
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch
+        ran_validation = self.has_validation and getattr(pl_module, "last_validated_epoch", None) == epoch
+        metrics: dict[str, float] = {}
+        if self._loss_n:
+            metrics["train_loss"] = float(self._loss_sum) / self._loss_n  # one sync per epoch
+        if ran_validation:
+            for k, v in trainer.callback_metrics.items():
+                if k.startswith("val/"):
+                    metrics[k] = float(v)
+        metrics["epoch"] = epoch
+        lrs = [g["lr"] for g in trainer.optimizers[0].param_groups] if trainer.optimizers else []
+        if lrs:
+            metrics["lr"] = float(lrs[0])
+        self.history.append(metrics)
+
+        is_last = epoch + 1 >= (trainer.max_epochs or 0)
+        ckpt: Optional[str] = None
+        if (epoch + 1) % self.checkpoint_interval == 0 or is_last:
+            path = self.checkpoint_dir / "last.ckpt"
+            trainer.save_checkpoint(str(path))
+            ckpt = self.last_checkpoint = str(path)
+
+        if not trainer.is_global_zero:
+            return
+        elapsed = time.time() - self._epoch_start
+        done = len(self.history)
+        remaining = max((trainer.max_epochs or done) - (epoch + 1), 0)
+        eta = (time.time() - self._fit_start) / max(done, 1) * remaining
+        kpi = {k: v for k, v in metrics.items() if k not in ("epoch", "lr")}
+        self.status.write("RUNNING", f"Epoch {epoch} finished", epoch=epoch, max_epoch=trainer.max_epochs,
+                          time_per_epoch=_fmt_td(elapsed), eta=_fmt_td(eta), kpi=kpi)
+        if self.mlflow is not None:
+            self.mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+        if self.console and not _is_tty():
+            shown = "  ".join(f"{k}={v:.4g}" for k, v in kpi.items())
+            print(f"epoch {epoch + 1}/{trainer.max_epochs}  {shown}  ({elapsed:.1f}s, eta {_fmt_td(eta)})",
+                  flush=True)
+        if self.reporter is not None and (ran_validation or not self.has_validation):
+            self.reporter(epoch, dict(metrics), ckpt)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.failure = exception
+        if not trainer.is_global_zero:
+            return
+        reason = getattr(exception, "reason", None) or type(exception).__name__
+        extra: dict[str, Any] = {"reason": reason}
+        if isinstance(exception, NonFiniteLossError):
+            extra.update(step=exception.step, epoch=exception.epoch, samples=exception.samples[:32])
+        self.status.write("FAILURE", str(exception).splitlines()[0] if str(exception) else reason, **extra)
+        if self.mlflow is not None:
+            self.mlflow.set_tags({"failure_reason": reason, "failure_message": str(exception)[:4000]})
+            interrupted = isinstance(exception, (KeyboardInterrupt, SystemExit))
+            self.mlflow.end("KILLED" if interrupted else "FAILED")
+
+
+def _is_tty() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def finite_or_none(x: Any) -> Optional[float]:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None

@@ -1,0 +1,228 @@
+"""`fit(spec)`: one finetune of Depth Anything V2. A plain run (`automl off`) and every search trial run this."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+
+from trainer.callbacks import Reporter, RunRecorder, StatusFile, _is_tty
+from trainer.config import flatten, save_spec, to_plain
+from trainer.errors import CheckpointError, UserError
+from trainer.tracking import MlflowRun, TrackingConfig
+
+# Lightning chatter that says nothing actionable to our users
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=".*The number of training batches.*is smaller than the logging interval.*")
+warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+
+
+@dataclass
+class FitResult:
+    results_dir: str
+    monitor: str
+    mode: str
+    best_value: Optional[float]
+    best_epoch: Optional[int]
+    best_checkpoint: Optional[str]
+    last_checkpoint: Optional[str]
+    epochs_completed: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    mlflow_run_id: Optional[str] = None
+    tracking_uri: Optional[str] = None
+    tracking_failures: list[str] = field(default_factory=list)
+    skipped_samples: dict[str, int] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    status: str = "success"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def results_dir_of(spec: DictConfig) -> Path:
+    """Training writes to `train.results_dir` when set (TAO), else the spec's `results_dir`."""
+    return Path(spec.train.results_dir or spec.results_dir)
+
+
+def check_writable(directory: Path, min_free_mb: int = 200) -> None:
+    """Fail before any training when results cannot be written (permissions, read-only mount, full disk)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"x" * 1024)
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"results directory {directory} is not writable ({exc.strerror or exc}); "
+                        f"choose another with results_dir=PATH") from None
+    free_mb = shutil.disk_usage(directory).free / 2**20
+    if free_mb < min_free_mb:
+        raise UserError(f"results directory {directory}: only {free_mb:.0f} MiB free on its disk, at least "
+                        f"{min_free_mb} MiB are needed for checkpoints; free space or choose another results_dir")
+
+
+def _accelerator(spec: DictConfig) -> tuple[str, Any, str]:
+    t = spec.train
+    if torch.cuda.is_available():
+        n = int(t.num_gpus)
+        ids = list(t.gpu_ids)
+        devices: Any = ids[:n] if len(ids) >= n else n
+        if n * int(t.num_nodes) > 1:
+            if t.distributed_strategy == "fsdp":
+                strategy: Any = "fsdp"
+            else:
+                from pytorch_lightning.strategies import DDPStrategy
+
+                # refinenet4.resConfUnit1 exists in released weights but is never called
+                strategy = DDPStrategy(find_unused_parameters=True)
+        else:
+            strategy = "auto"
+        return "gpu", devices, strategy
+    if int(t.num_gpus) > 1:
+        print(f"notice: train.num_gpus={t.num_gpus} but no GPU is visible; training on the CPU", file=sys.stderr)
+    return "cpu", 1, "auto"
+
+
+_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
+
+
+def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Optional[TrackingConfig] = None,
+        progress: Optional[bool] = None) -> FitResult:
+    """Finetune per `spec`; write checkpoints, status.json, spec.yaml, fit.json and an MLflow run to the results.
+
+    `reporter(epoch, metrics, checkpoint_path)` is called after each validated epoch (the search reports to Ray
+    Tune through it). Raises `NonFiniteLossError` when the loss or gradient norm becomes NaN/inf (recorded in
+    status.json and MLflow first); never returns a result for a diverged run.
+    """
+    from trainer.data import build_dataloader
+    from trainer.model import load_weights
+    from trainer.module import DepthModule
+
+    started = time.time()
+    out = results_dir_of(spec)
+    check_writable(out)
+    ckpt_dir = out / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    save_spec(spec, out / "spec.yaml")
+    t = spec.train
+
+    if t.precision == "fp16" and not torch.cuda.is_available():
+        raise UserError("train.precision=fp16 needs a GPU; use fp32 (or bf16) on the CPU")
+    resume = t.resume_training_checkpoint_path
+    if resume and not Path(resume).is_file():
+        raise CheckpointError(f"train.resume_training_checkpoint_path: file not found: {resume}")
+
+    pl.seed_everything(int(t.seed), workers=True, verbose=False)
+    torch.backends.cudnn.benchmark = bool(t.cudnn.benchmark)
+    torch.backends.cudnn.deterministic = bool(t.cudnn.deterministic)
+
+    train_loader = build_dataloader(spec, "train_dataset", train=True)
+    has_val = len(spec.dataset.val_dataset.data_sources) > 0
+    val_loader = build_dataloader(spec, "val_dataset", train=False) if has_val else None
+
+    module = DepthModule(to_plain(spec))
+    if not resume:
+        if t.pretrained_model_path:
+            load_weights(module.model, t.pretrained_model_path, strict=True)
+            if spec.model.mono_backbone.pretrained_path:
+                print("notice: train.pretrained_model_path initialises the whole model; "
+                      "model.mono_backbone.pretrained_path is not used", file=sys.stderr)
+        elif spec.model.mono_backbone.pretrained_path:
+            load_weights(module.model, spec.model.mono_backbone.pretrained_path, strict=True, backbone_only=True)
+    if t.compile:
+        module.model.compile()
+
+    monitor, mode = ("val/loss", "min") if has_val else ("train_loss", "min")
+    tracking = tracking or TrackingConfig()
+    mlrun = MlflowRun(tracking, out) if tracking.enabled else None
+    status = StatusFile(out / "status.json")
+    show_bar = _is_tty() if progress is None else progress
+    recorder = RunRecorder(status=status, mlflow_run=mlrun, checkpoint_dir=ckpt_dir,
+                           checkpoint_interval=int(t.checkpoint_interval), has_validation=has_val,
+                           reporter=reporter, console=True, params=_params_for_tracking(spec))
+    best_cb = pl.callbacks.ModelCheckpoint(
+        dirpath=str(ckpt_dir), filename="best", monitor=monitor, mode=mode, save_top_k=1,
+        auto_insert_metric_name=False, enable_version_counter=False, save_on_train_epoch_end=not has_val)
+    callbacks: list[pl.Callback] = [recorder, best_cb]
+    if show_bar:
+        callbacks.append(pl.callbacks.TQDMProgressBar(refresh_rate=1))
+
+    accelerator, devices, strategy = _accelerator(spec)
+    limit = int(t.max_steps_per_epoch) * int(t.accumulate_grad_batches) if t.max_steps_per_epoch else None
+    trainer = pl.Trainer(
+        accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=int(t.num_nodes),
+        precision=_PRECISION[t.precision], max_epochs=int(t.num_epochs),
+        check_val_every_n_epoch=int(t.validation_interval), accumulate_grad_batches=int(t.accumulate_grad_batches),
+        limit_train_batches=limit, log_every_n_steps=int(t.log_every_n_steps), callbacks=callbacks, logger=False,
+        enable_progress_bar=show_bar, enable_model_summary=show_bar, default_root_dir=str(out),
+        num_sanity_val_steps=0, enable_checkpointing=True,
+    )
+
+    if mlrun is not None:
+        mlrun.cfg.tags.setdefault("results_dir", str(out.resolve()))
+
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=resume or None,
+                weights_only=True if resume else None)
+    if recorder.failure is not None:  # Lightning swallowed an interrupt: never report it as a success
+        raise recorder.failure
+
+    best_value = _finite(best_cb.best_model_score)
+    best_epoch = _best_epoch(recorder.history, monitor, mode)
+    result = FitResult(
+        results_dir=str(out), monitor=monitor, mode=mode, best_value=best_value, best_epoch=best_epoch,
+        best_checkpoint=best_cb.best_model_path or None, last_checkpoint=recorder.last_checkpoint,
+        epochs_completed=len(recorder.history), history=recorder.history,
+        mlflow_run_id=mlrun.run_id if mlrun else None, tracking_uri=mlrun.uri if mlrun else None,
+        skipped_samples=_skipped(train_loader, val_loader), wall_time_s=round(time.time() - started, 2),
+    )
+    if trainer.is_global_zero:
+        final = recorder.history[-1] if recorder.history else {}
+        kpi = {k: v for k, v in final.items() if k not in ("epoch", "lr")}
+        status.write("SUCCESS", "Training finished", kpi=kpi, best_checkpoint=result.best_checkpoint,
+                     last_checkpoint=result.last_checkpoint, best={monitor: best_value, "epoch": best_epoch})
+        if mlrun is not None:
+            mlrun.set_tags({"best_checkpoint": result.best_checkpoint or "", "best_epoch": str(best_epoch),
+                            f"best_{monitor}": str(best_value)})
+            mlrun.end("FINISHED")
+            result.tracking_failures = list(mlrun.failures)
+        (out / "fit.json").write_text(json.dumps(result.to_json(), indent=2))
+    return result
+
+
+def _params_for_tracking(spec: DictConfig) -> dict[str, Any]:
+    plain = to_plain(spec)
+    keep = {k: plain[k] for k in ("model", "dataset", "train") if k in plain}
+    return flatten(keep)
+
+
+def _finite(x: Any) -> Optional[float]:
+    if x is None:
+        return None
+    v = float(x)
+    return v if v == v and abs(v) != float("inf") else None
+
+
+def _best_epoch(history: list[Mapping[str, float]], monitor: str, mode: str) -> Optional[int]:
+    scored = [(h[monitor], int(h["epoch"])) for h in history if monitor in h and _finite(h[monitor]) is not None]
+    if not scored:
+        return None
+    return (min(scored) if mode == "min" else max(scored))[1]
+
+
+def _skipped(*loaders: Any) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for loader in loaders:
+        ds = getattr(loader, "dataset", None)
+        for k, v in (getattr(ds, "skipped", None) or {}).items():
+            total[k] = total.get(k, 0) + int(v)
+    return total

@@ -1,0 +1,127 @@
+"""MLflow tracking of one training run (a plain run, or a search trial nested under the search's parent run).
+
+Uses an explicit `MlflowClient` (no global active run), so several runs can live in one process. Logging failures
+never stop training: they are counted and reported at the end (a tracking server that goes away mid-run costs
+the log, not the model). The deprecated `./mlruns` file store is never used: the default is a SQLite file.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+
+@dataclass
+class TrackingConfig:
+    """Where and how a run is tracked. `uri=None` means `sqlite:///<results_dir>/mlflow.db`."""
+
+    uri: Optional[str] = None
+    experiment_name: str = "depth_net_mono"
+    run_name: Optional[str] = None
+    parent_run_id: Optional[str] = None  # nests the run under a search's parent run
+    run_id: Optional[str] = None  # continue this run (resume) instead of creating one
+    tags: dict[str, str] = field(default_factory=dict)
+    enabled: bool = True
+
+
+def default_tracking_uri(results_dir: str | Path) -> str:
+    return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+class MlflowRun:
+    """One MLflow run, fault tolerant. Call `start()`, then log, then `end()`."""
+
+    def __init__(self, cfg: TrackingConfig, results_dir: str | Path):
+        self.cfg = cfg
+        self.uri = cfg.uri or default_tracking_uri(results_dir)
+        self.run_id: Optional[str] = cfg.run_id
+        self.failures: list[str] = []
+        self._client: Any = None
+
+    # ------------------------------------------------------------------------------------------------------
+    def start(self) -> Optional[str]:
+        if not self.cfg.enabled:
+            return None
+        try:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+            if self.run_id:
+                self._client.update_run(self.run_id, status="RUNNING")
+                return self.run_id
+            exp = self._client.get_experiment_by_name(self.cfg.experiment_name)
+            exp_id = exp.experiment_id if exp is not None else self._client.create_experiment(self.cfg.experiment_name)
+            tags = dict(self.cfg.tags)
+            if self.cfg.parent_run_id:
+                tags["mlflow.parentRunId"] = self.cfg.parent_run_id
+            run = self._client.create_run(exp_id, run_name=self.cfg.run_name, tags=tags)
+            self.run_id = run.info.run_id
+        except Exception as exc:  # noqa: BLE001 - tracking must never stop training
+            self._fail("start run", exc)
+        return self.run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if not self._ready():
+            return
+        from mlflow.entities import Param
+
+        items = [Param(str(k)[:250], _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), 90):  # MLflow caps a batch at 100 params
+            try:
+                self._client.log_batch(self.run_id, params=items[i:i + 90])
+            except Exception as exc:  # noqa: BLE001
+                self._fail("log params", exc)
+                return
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if not self._ready():
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
+                 if v is not None and math.isfinite(float(v))]
+        if not items:
+            return
+        try:
+            self._client.log_batch(self.run_id, metrics=items)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(f"log metrics at step {step}", exc)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if not self._ready():
+            return
+        from mlflow.entities import RunTag
+
+        try:
+            self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        except Exception as exc:  # noqa: BLE001
+            self._fail("set tags", exc)
+
+    def end(self, status: str = "FINISHED") -> None:
+        """status: FINISHED | FAILED | KILLED."""
+        if not self._ready():
+            return
+        try:
+            self._client.set_terminated(self.run_id, status=status)
+        except Exception as exc:  # noqa: BLE001
+            self._fail("end run", exc)
+
+    # ------------------------------------------------------------------------------------------------------
+    def _ready(self) -> bool:
+        return self.cfg.enabled and self._client is not None and self.run_id is not None
+
+    def _fail(self, what: str, exc: Exception) -> None:
+        msg = f"MLflow ({self.uri}): could not {what}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        if not self.failures:
+            print(f"warning: {msg}; training continues, later tracking errors are counted", file=sys.stderr)
+        self.failures.append(msg)
+
+
+def _param_value(v: Any) -> str:
+    s = str(v)
+    return s if len(s) <= 6000 else s[:5997] + "..."
