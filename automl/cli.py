@@ -113,6 +113,73 @@ def _off_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_configure(p: argparse.ArgumentParser) -> None:
+    _add_spec_args(p)
+    _add_tracking_arg(p)
+    g = p.add_argument_group("search (each also settable in the spec's automl section)")
+    g.add_argument("--num-trials", type=int, help="number of trials (automl.num_trials)")
+    g.add_argument("--max-concurrent", type=int, help="trials at a time (default: what the cluster holds)")
+    g.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions pack small encoders on one GPU, "
+                                                        ">1 runs DDP inside a trial (default 1 with GPUs, else 0)")
+    g.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
+    g.add_argument("--scheduler", choices=("asha", "hyperband", "median", "none"),
+                   help="early stopping of losing trials (default asha)")
+    g.add_argument("--search-space", metavar="FILE", help="search space YAML (default search_spaces/SKILL.yaml)")
+    g.add_argument("--objective", metavar="METRIC", help="e.g. val/loss (min) or val/d1 (max)")
+    g.add_argument("--address", metavar="auto|HOST:PORT", help="join an existing Ray cluster (see docs/multinode.md)")
+    g.add_argument("--storage-path", metavar="PATH", help="Ray Tune storage; shared by all nodes on a cluster")
+    g.add_argument("--resume", action="store_true", help="continue the search in the spec's results_dir")
+    g.add_argument("--seed", type=int, help="sampler seed (automl.seed)")
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from automl.search.driver import SearchOptions, run_search
+    from automl.skills import get_skill
+
+    skill = get_skill(args.skill)
+    spec = skill.load_spec(args.spec, args.overrides, "train")
+    opts = SearchOptions.from_spec(
+        spec, num_trials=args.num_trials, max_concurrent=args.max_concurrent, gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial, scheduler=args.scheduler, search_space=args.search_space,
+        metric=args.objective, address=args.address, storage_path=args.storage_path, seed=args.seed,
+        tracking_uri=_tracking_uri(args) or spec.automl.tracking_uri, resume=args.resume)
+    _check_search_flags(opts)
+    run_search(skill, spec, opts)
+    return 0
+
+
+def _check_search_flags(opts) -> None:
+    from trainer.errors import UserError
+
+    if opts.num_trials < 1:
+        raise UserError(f"--num-trials: expected at least 1, found {opts.num_trials}")
+    if opts.max_concurrent is not None and opts.max_concurrent < 1:
+        raise UserError(f"--max-concurrent: expected at least 1, found {opts.max_concurrent}")
+    if opts.gpus_per_trial is not None and opts.gpus_per_trial < 0:
+        raise UserError(f"--gpus-per-trial: expected >= 0, found {opts.gpus_per_trial}")
+    if opts.cpus_per_trial <= 0:
+        raise UserError(f"--cpus-per-trial: expected > 0, found {opts.cpus_per_trial}")
+
+
+def _train_configure(p: argparse.ArgumentParser) -> None:
+    _run_configure(p)
+
+
+def _train_run(args: argparse.Namespace) -> int:
+    """TAO's train: routed by automl.policy (auto: search; off: plain training through the same trainer)."""
+    from automl.skills import get_skill
+
+    skill = get_skill(args.skill)
+    spec = skill.load_spec(args.spec, args.overrides, "train")
+    if spec.automl.policy == "off":
+        print("automl.policy=off: plain training (no search)", file=sys.stderr)
+        result = skill.fit(spec, tracking_uri=_tracking_uri(args))
+        skill.print_fit_summary(spec, result)
+        return 0
+    print("automl.policy=auto: searching (automl.policy=off for one plain training run)", file=sys.stderr)
+    return _run_run(args)
+
+
 def _evaluate_configure(p: argparse.ArgumentParser) -> None:
     _add_spec_args(p, spec_required=True)
 
@@ -146,6 +213,13 @@ ACTIONS: list[Action] = [
     Action("convert", "write annotation files (train/val or test) from an image + depth folder tree (TAO convert)",
            "automl convert -e experiments/depth_net_mono/convert.yaml data_root=/data/nyu split_ratio=0.8",
            _convert_configure, _convert_run),
+    Action("run", "hyperparameter search: Ray Tune + Optuna TPE + ASHA, NaN pruning, MLflow, the winner evaluated",
+           "automl run --skill depth_net_mono                     # embedded demo search on synthetic scenes (CPU)\n"
+           "automl run -e spec.yaml --num-trials 24 --gpus-per-trial 0.5 --scheduler asha\n"
+           "automl run -e spec.yaml --resume                      # continue after a crash",
+           _run_configure, _run_run),
+    Action("train", "TAO's train: a search when automl.policy=auto (default), plain training when off",
+           "automl train -e spec.yaml automl.policy=off", _train_configure, _train_run),
     Action("off", "plain training, no search (the same trainer a search trial runs)",
            "automl off -e experiments/depth_net_mono/train_metric.yaml train.num_epochs=5\n"
            "automl off --skill depth_net_mono          # embedded demo: tiny model, synthetic scenes, CPU",

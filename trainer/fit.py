@@ -11,7 +11,7 @@ import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -96,12 +96,22 @@ def _accelerator(spec: DictConfig) -> tuple[str, Any, str]:
 _PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 
 
+def monitor_of(spec: DictConfig, has_val: bool) -> tuple[str, str]:
+    """(metric, mode) that selects best.ckpt: `train.optim.monitor_name` (TAO's val_loss/train_loss or any val/...)."""
+    name = spec.train.optim.monitor_name
+    name = {"val_loss": "val/loss"}.get(name, name)
+    if not has_val:
+        name = "train_loss"
+    return name, ("max" if name in ("val/d1", "val/d2", "val/d3") else "min")
+
+
 def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Optional[TrackingConfig] = None,
-        progress: Optional[bool] = None) -> FitResult:
+        progress: Optional[bool] = None, quiet: bool = False,
+        callbacks: Sequence[pl.Callback] = ()) -> FitResult:
     """Finetune per `spec`; write checkpoints, status.json, spec.yaml, fit.json and an MLflow run to the results.
 
     `reporter(epoch, metrics, checkpoint_path)` is called after each validated epoch (the search reports to Ray
-    Tune through it). Raises `NonFiniteLossError` when the loss or gradient norm becomes NaN/inf (recorded in
+    Tune through it). `quiet` drops the per-epoch console lines; `callbacks` are extra Lightning callbacks. Raises `NonFiniteLossError` when the loss or gradient norm becomes NaN/inf (recorded in
     status.json and MLflow first); never returns a result for a diverged run.
     """
     from trainer.data import build_dataloader
@@ -142,20 +152,20 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
     if t.compile:
         module.model.compile()
 
-    monitor, mode = ("val/loss", "min") if has_val else ("train_loss", "min")
+    monitor, mode = monitor_of(spec, has_val)
     tracking = tracking or TrackingConfig()
     mlrun = MlflowRun(tracking, out) if tracking.enabled else None
     status = StatusFile(out / "status.json")
     show_bar = _is_tty() if progress is None else progress
     recorder = RunRecorder(status=status, mlflow_run=mlrun, checkpoint_dir=ckpt_dir,
                            checkpoint_interval=int(t.checkpoint_interval), has_validation=has_val,
-                           reporter=reporter, console=True, params=_params_for_tracking(spec))
+                           reporter=reporter, console=not quiet, params=_params_for_tracking(spec))
     best_cb = pl.callbacks.ModelCheckpoint(
         dirpath=str(ckpt_dir), filename="best", monitor=monitor, mode=mode, save_top_k=1,
         auto_insert_metric_name=False, enable_version_counter=False, save_on_train_epoch_end=not has_val)
-    callbacks: list[pl.Callback] = [recorder, best_cb]
+    all_callbacks: list[pl.Callback] = [recorder, best_cb, *callbacks]
     if show_bar:
-        callbacks.append(pl.callbacks.TQDMProgressBar(refresh_rate=1))
+        all_callbacks.append(pl.callbacks.TQDMProgressBar(refresh_rate=1))
 
     accelerator, devices, strategy = _accelerator(spec)
     limit = int(t.max_steps_per_epoch) * int(t.accumulate_grad_batches) if t.max_steps_per_epoch else None
@@ -163,7 +173,7 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
         accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=int(t.num_nodes),
         precision=_PRECISION[t.precision], max_epochs=int(t.num_epochs),
         check_val_every_n_epoch=int(t.validation_interval), accumulate_grad_batches=int(t.accumulate_grad_batches),
-        limit_train_batches=limit, log_every_n_steps=int(t.log_every_n_steps), callbacks=callbacks, logger=False,
+        limit_train_batches=limit, log_every_n_steps=int(t.log_every_n_steps), callbacks=all_callbacks, logger=False,
         enable_progress_bar=show_bar, enable_model_summary=show_bar, default_root_dir=str(out),
         num_sanity_val_steps=0, enable_checkpointing=True,
     )

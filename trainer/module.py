@@ -7,21 +7,14 @@ from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.errors import NonFiniteLossError
 from trainer.losses import ScaleShiftInvariantLoss, SiLogLoss
 from trainer.metrics import MetricAccumulator
 from trainer.model import build_model
+from trainer.runtime import resize_prediction as resize_to
 from trainer.schedules import lr_factor_fn
-
-
-def resize_to(pred: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[B,H,W] -> [B,h,w], bilinear (how predictions are compared with ground truth of another size)."""
-    if tuple(pred.shape[-2:]) == tuple(size):
-        return pred
-    return F.interpolate(pred[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
 def as_depth(target: torch.Tensor, valid: torch.Tensor, relative: bool) -> torch.Tensor:

@@ -29,6 +29,10 @@ class Skill(ABC):
         """Whether `dotted` names a key of this skill's spec (search spaces are checked against it)."""
 
     @abstractmethod
+    def nearest_key(self, dotted: str) -> Optional[str]:
+        """The valid key nearest to an unknown one (for messages)."""
+
+    @abstractmethod
     def default_search_space(self) -> Path:
         """The YAML search space used when the spec names none."""
 

@@ -449,6 +449,7 @@ def _validate_values(spec: DictConfig, action: Optional[str], origin_of: Callabl
         spec.train.precision = prec
     _one_of(t.distributed_strategy, schema.DISTRIBUTED_STRATEGIES, "train.distributed_strategy", P,
             origin_of("train.distributed_strategy"))
+    _one_of(o.monitor_name, schema.MONITOR_NAMES, "train.optim.monitor_name", P, origin_of("train.optim.monitor_name"))
     _one_of(o.optimizer, schema.OPTIMIZERS, "train.optim.optimizer", P, origin_of("train.optim.optimizer"))
     _one_of(o.lr_scheduler, schema.LR_SCHEDULERS, "train.optim.lr_scheduler", P, origin_of("train.optim.lr_scheduler"))
     if not o.lr > 0:

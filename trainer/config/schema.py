@@ -23,7 +23,9 @@ LR_SCHEDULERS = (
     "MultiStepLR", "MultiStep", "CustomMultiStepLRScheduler", "StepLR", "LambdaLR", "PolynomialLR",
     "CosineAnnealingLR", "OneCycleLR", "Constant",
 )
-MONITOR_NAMES = ("val_loss", "train_loss")
+# TAO spells the monitored metric val_loss / train_loss; any logged validation metric may be monitored too
+MONITOR_NAMES = ("val_loss", "train_loss", "val/loss", "val/d1", "val/d2", "val/d3", "val/abs_rel", "val/sq_rel",
+                 "val/rmse", "val/rmse_log", "val/log10", "val/silog")
 DISTRIBUTED_STRATEGIES = ("ddp", "fsdp")
 MONO_DATASET_NAMES = ("RelativeMonoDataset", "MetricMonoDataset", "NYUDV2", "NYUDV2Relative")
 TAO_STEREO_DATASET_NAMES = ("ThreeDVLM", "FSD", "NvCLIP", "IssacStereo", "Crestereo", "Middlebury")
@@ -167,7 +169,7 @@ class DatasetConfig:
 @dataclass
 class OptimConfig:
     optimizer: str = "AdamW"
-    monitor_name: str = "val_loss"
+    monitor_name: str = "val_loss"  # the metric that picks checkpoints/best.ckpt
     lr: float = 1e-4  # backbone learning rate; the head trains at lr * head_lr_multiplier
     head_lr_multiplier: float = 10.0  # (ours) the original recipe trains the DPT head at 10x
     momentum: float = 0.9  # SGD momentum; AdamW uses betas
@@ -386,7 +388,6 @@ UNUSED_KEYS: tuple[str, ...] = (
     "dataset.*.augmentation.crop_min_valid_disp_ratio",
     "train.dataloader_visualize", "train.vis_step_interval", "train.is_dry_run",
     "train.inference_tile", "train.tile_wtype", "train.tile_min_overlap",
-    "train.optim.monitor_name",
     "inference.conf_threshold", "export.input_channel", "export.format", "export.verbose",
     "evaluate.num_nodes", "inference.num_nodes",
 )

@@ -1,0 +1,1 @@
+"""Hyperparameter search: Ray Tune schedules trials, Optuna samples, MLflow records, the winner is handed over."""

@@ -1,0 +1,459 @@
+"""`automl run`: Ray Tune distributes Optuna (TPE) trials over the cluster's GPUs (or CPUs), a guarded scheduler
+stops losers and diverged trials, MLflow gets one parent run with one child per trial, and the winner is
+evaluated (and exported) into RESULTS_DIR/best.
+
+Layout of RESULTS_DIR:
+    search_state.json   what `--resume` needs (parent run id, tracking URI, storage path, options)
+    summary.json        every trial (params, state, best objective, epochs), the winner, the baseline, timings
+    status.json         TAO-style lines
+    trials/<trial_id>/  each trial's own results (checkpoints, status.json, spec.yaml)
+    ray/search/         Ray Tune's experiment state (restored by --resume)
+    optuna.db           the Optuna study (optuna-dashboard sqlite:///RESULTS_DIR/optuna.db)
+    mlflow.db           the default MLflow store (automl ui RESULTS_DIR)
+    best/               the winner's checkpoint, spec and evaluation
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from automl.search.guards import PRUNE_KEY, GuardedOptunaSearch, build_scheduler, is_finite_number
+from automl.search.space import SearchSpace, load_search_space
+from automl.search.tracking import ParentRun, check_tracking_reachable
+from automl.search.trial import INJECT_ENV, TrialContext, run_trial
+from trainer.callbacks import StatusFile
+from trainer.errors import UserError
+
+STATE_FILE = "search_state.json"
+EXPERIMENT = "search"
+
+
+@dataclass
+class SearchOptions:
+    """The search's settings: the spec's `automl` section with CLI flags on top (resolved once, by the CLI)."""
+
+    num_trials: int
+    max_concurrent: Optional[int]
+    gpus_per_trial: Optional[float]
+    cpus_per_trial: float
+    scheduler: str
+    grace_period: int
+    reduction_factor: int
+    max_failures: int
+    seed: int
+    address: Optional[str]
+    storage_path: Optional[str]
+    tracking_uri: Optional[str]
+    experiment_name: str
+    search_space: Optional[str]
+    metric: Optional[str]
+    mode: Optional[str]
+    export: str
+    resume: bool = False
+
+    @classmethod
+    def from_spec(cls, spec: DictConfig, **flags: Any) -> "SearchOptions":
+        a = spec.automl
+        values = dict(num_trials=a.num_trials, max_concurrent=a.max_concurrent, gpus_per_trial=a.gpus_per_trial,
+                      cpus_per_trial=a.cpus_per_trial, scheduler=a.scheduler, grace_period=a.grace_period,
+                      reduction_factor=a.reduction_factor, max_failures=a.max_failures, seed=a.seed,
+                      address=a.address, storage_path=a.storage_path, tracking_uri=a.tracking_uri,
+                      experiment_name=a.experiment_name, search_space=a.search_space, metric=a.objective,
+                      mode=a.mode, export=a.export)
+        values.update({k: v for k, v in flags.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    params: dict[str, Any]
+    state: str  # completed | stopped (by the scheduler) | pruned (non-finite loss) | error | running
+    best: Optional[float]
+    best_epoch: Optional[int]
+    epochs: int
+    reason: Optional[str] = None
+    results_dir: Optional[str] = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    baseline: bool = False
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Ray
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _init_ray(address: Optional[str], results_dir: Path) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "logging_level": "WARNING",
+                              "configure_logging": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        # a private local Ray, bound to loopback
+        ray.init(num_cpus=os.cpu_count() or 1, _node_ip_address="127.0.0.1", **kwargs)
+
+
+def _alive_nodes() -> list[dict[str, Any]]:
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def check_multinode_storage(storage: Path, tracking_uri: str) -> None:
+    """On a cluster of several nodes, every node must see the storage path and reach the tracking store."""
+    import ray
+
+    nodes = _alive_nodes()
+    if len(nodes) <= 1:
+        return
+    if tracking_uri.startswith("sqlite:") or tracking_uri.startswith("file:") or "://" not in tracking_uri:
+        raise UserError(
+            f"the Ray cluster has {len(nodes)} nodes, but the MLflow store {tracking_uri} is a local file that "
+            f"workers on other nodes cannot write; run a tracking server (mlflow server --backend-store-uri "
+            f"sqlite:///mlflow.db --host 0.0.0.0 --port 5000 on a node all can reach) and pass "
+            f"--tracking-uri http://HOST:5000")
+    marker = storage / f".shared-check-{uuid.uuid4().hex[:8]}"
+    marker.write_text("ok")
+    try:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        @ray.remote(num_cpus=0)
+        def sees(path: str) -> tuple[str, bool]:
+            return socket.gethostname(), os.path.exists(path)
+
+        checks = [sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                  .remote(str(marker)) for n in nodes]
+        blind = [host for host, ok in ray.get(checks, timeout=120) if not ok]
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise UserError(f"automl.storage_path {storage} is not shared: node(s) {', '.join(sorted(set(blind)))} "
+                        f"cannot see it; put results on storage every node mounts at the same path (NFS) or use "
+                        f"automl.storage_path=s3://bucket/path")
+
+
+def _resources(opts: SearchOptions) -> tuple[dict[str, float], int]:
+    import ray
+
+    total = ray.cluster_resources()
+    gpus = float(total.get("GPU", 0))
+    cpus = float(total.get("CPU", 1))
+    gpt = opts.gpus_per_trial if opts.gpus_per_trial is not None else (1.0 if gpus else 0.0)
+    if gpt > 0 and gpus == 0:
+        raise UserError(f"--gpus-per-trial {gpt}: the Ray cluster has no GPU; use --gpus-per-trial 0 on CPUs")
+    if gpt > gpus > 0:
+        raise UserError(f"--gpus-per-trial {gpt}: the Ray cluster has only {gpus:g} GPUs")
+    cpt = min(opts.cpus_per_trial, cpus)
+    fits = int(gpus // gpt) if gpt > 0 else int(cpus // cpt)
+    concurrent = opts.max_concurrent or max(fits, 1)
+    return {"cpu": cpt, "gpu": gpt}, max(1, min(concurrent, opts.num_trials))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _best_in(history: list[Mapping[str, Any]], metric: str, mode: str) -> tuple[Optional[float], Optional[int]]:
+    scored = [(float(h[metric]), int(h.get("epoch", i))) for i, h in enumerate(history)
+              if is_finite_number(h.get(metric))]
+    if not scored:
+        return None, None
+    pick = min(scored, key=lambda s: s[0]) if mode == "min" else max(scored, key=lambda s: s[0])
+    return pick
+
+
+def collect_trials(grid: Any, space: SearchSpace, num_epochs: int, baseline: Mapping[str, Any]) -> list[TrialRecord]:
+    """One record per trial from Tune's results: state, best finite objective (TAO ranks the last one), epochs."""
+    records = []
+    for res in grid:
+        cfg = dict(res.config or {})
+        params = {k: cfg[k] for k in cfg if k in space.names}
+        trial_id = (res.metrics or {}).get("trial_id") or Path(res.path).name
+        try:
+            df = res.metrics_dataframe
+            history = df.to_dict("records") if df is not None else []
+        except Exception:  # noqa: BLE001
+            history = []
+        last = res.metrics or {}
+        best, best_epoch = _best_in([h for h in history if not h.get(PRUNE_KEY)], space.metric, space.mode)
+        epochs = len([h for h in history if not h.get(PRUNE_KEY) and "epoch" in h and h["epoch"] == h["epoch"]])
+        if last.get(PRUNE_KEY):
+            state, reason = "pruned", str(last.get(PRUNE_KEY))
+        elif res.error is not None:
+            state, reason = "error", f"{type(res.error).__name__}: {str(res.error).strip().splitlines()[-1][:300]}"
+        elif epochs >= num_epochs:
+            state, reason = "completed", None
+        else:
+            state, reason = "stopped", "scheduler"
+        records.append(TrialRecord(trial_id=trial_id, params=params, state=state, best=best, best_epoch=best_epoch,
+                                   epochs=epochs, reason=reason, history=[_clean(h) for h in history],
+                                   baseline=bool(baseline) and all(params.get(k) == v for k, v in baseline.items())))
+    return records
+
+
+def _clean(h: Mapping[str, Any]) -> dict[str, Any]:
+    keep = {}
+    for k, v in h.items():
+        if k.startswith("config/") or k in ("date", "hostname", "node_ip", "pid", "timestamp", "time_this_iter_s",
+                                             "time_since_restore", "iterations_since_restore", "checkpoint_dir_name",
+                                             "should_checkpoint", "done"):
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None
+        if v is None or isinstance(v, (int, float, str, bool)):
+            keep[k] = v
+    return keep
+
+
+def pick_winner(records: list[TrialRecord], mode: str) -> Optional[TrialRecord]:
+    """Best finite objective over completed or scheduler-stopped trials; a diverged or failed trial never wins."""
+    eligible = [r for r in records if r.state in ("completed", "stopped") and r.best is not None]
+    if not eligible:
+        return None
+    return min(eligible, key=lambda r: r.best) if mode == "min" else max(eligible, key=lambda r: r.best)
+
+
+def leaderboard(records: list[TrialRecord], space: SearchSpace, winner: Optional[TrialRecord], top: int = 20) -> str:
+    order = sorted(records, key=lambda r: (r.best is None, (r.best or 0) * (1 if space.mode == "min" else -1)))
+    names = space.names
+    short = [n.split(".")[-1] for n in names]
+    head = f"{'':2}{'trial':<14}{'state':<10}{'epochs':>6}  {space.metric + ' (best)':>16}  " + "  ".join(
+        f"{s:>12}" for s in short)
+    lines = [head, "-" * len(head)]
+    for r in order[:top]:
+        mark = "*" if winner is not None and r.trial_id == winner.trial_id else ("b" if r.baseline else " ")
+        best = f"{r.best:.5g}" if r.best is not None else "-"
+        vals = "  ".join(f"{_fmt(r.params.get(n)):>12}" for n in names)
+        lines.append(f"{mark:<2}{r.trial_id[:13]:<14}{r.state:<10}{r.epochs:>6}  {best:>16}  {vals}")
+    lines.append("(* winner, b baseline = the spec's own values)")
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the search
+# --------------------------------------------------------------------------------------------------------------
+
+
+def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, Any]:
+    """Run (or resume) a search and return the summary written to RESULTS_DIR/summary.json."""
+    import optuna
+    import ray
+    from ray import tune
+
+    from trainer.config import flatten, to_plain
+    from trainer.fit import check_writable
+    from trainer.tracking import default_tracking_uri
+
+    started = time.time()
+    results = Path(spec.results_dir).resolve()
+    check_writable(results)
+    state_path = results / STATE_FILE
+    state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    storage = Path(opts.storage_path or state.get("storage_path") or results / "ray")
+    exp_dir = storage / EXPERIMENT
+    if opts.resume and not state:
+        raise UserError(f"--resume: no search to resume in {results} (no {STATE_FILE}); run without --resume")
+    if not opts.resume and state and (exp_dir.exists() or (results / "summary.json").exists()):
+        raise UserError(f"{results} already holds a search; continue it with --resume, or choose another "
+                        f"results_dir=PATH")
+
+    space_path = opts.search_space or state.get("search_space") or str(skill.default_search_space())
+    space = load_search_space(space_path, skill=skill, spec=spec, metric=opts.metric, mode=opts.mode)
+    tracking_uri = opts.tracking_uri or state.get("tracking_uri") or default_tracking_uri(results)
+    check_tracking_reachable(tracking_uri)
+
+    _init_ray(opts.address, results)
+    storage.mkdir(parents=True, exist_ok=True)
+    check_multinode_storage(storage, tracking_uri)
+    resources, concurrent = _resources(opts)
+    num_epochs = int(spec.train.num_epochs)
+    status = StatusFile(results / "status.json")
+
+    parent = ParentRun(tracking_uri, opts.experiment_name, run_name=f"search-{results.name}",
+                       run_id=state.get("parent_run_id"))
+    parent.start()
+    baseline = space.baseline(spec)
+    if not state:
+        state = {"parent_run_id": parent.run_id, "tracking_uri": tracking_uri, "storage_path": str(storage),
+                 "search_space": str(space_path), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                 "options": asdict(opts)}
+        state_path.write_text(json.dumps(state, indent=2))
+        parent.log_params({**{f"spec.{k}": v for k, v in flatten({s: to_plain(spec)[s] for s in
+                                                                 ("model", "dataset", "train")}).items()},
+                           "search.metric": space.metric, "search.mode": space.mode,
+                           "search.scheduler": opts.scheduler, "search.num_trials": opts.num_trials,
+                           "search.space": json.dumps(space.to_dict()["parameters"]),
+                           "search.resources": json.dumps(resources)})
+        space_file = results / "search_space.json"
+        space_file.write_text(json.dumps(space.to_dict(), indent=2))
+        parent.log_artifact(str(space_file))
+        status.write("STARTED", f"Search started: {opts.num_trials} trials, {concurrent} at a time, "
+                                f"scheduler {opts.scheduler}, objective {space.metric} ({space.mode})")
+    else:
+        status.write("STARTED", "Search resumed")
+
+    ctx = TrialContext(skill_name=skill.name, base_spec=to_plain(spec), trials_dir=str(results / "trials"),
+                       metric=space.metric, mode=space.mode, tracking_uri=tracking_uri,
+                       experiment_name=opts.experiment_name, parent_run_id=parent.run_id,
+                       cpus_per_trial=resources["cpu"], inject=os.environ.get(INJECT_ENV))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+
+    from automl.search.progress import TrialTable
+
+    table = TrialTable(space, parent, num_epochs)
+    run_config = tune.RunConfig(
+        name=EXPERIMENT, storage_path=str(storage),
+        failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        callbacks=[table], verbose=0)
+
+    if opts.resume and tune.Tuner.can_restore(str(exp_dir)):
+        print(f"resuming the search in {exp_dir}", file=sys.stderr)
+        tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study_storage = optuna.storages.RDBStorage(f"sqlite:///{results / 'optuna.db'}")
+        searcher = GuardedOptunaSearch(
+            space=space, metric=space.metric, mode=space.mode,
+            points_to_evaluate=[baseline, *space.initial_points] if baseline else list(space.initial_points) or None,
+            sampler=optuna.samplers.TPESampler(seed=opts.seed), storage=study_storage,
+            study_name=f"search-{results.name}")
+        scheduler = build_scheduler(opts.scheduler, metric=space.metric, mode=space.mode, max_t=num_epochs,
+                                    grace_period=opts.grace_period, reduction_factor=opts.reduction_factor)
+        tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=opts.num_trials,
+            max_concurrent_trials=concurrent, reuse_actors=False), run_config=run_config)
+    grid = tuner.fit()
+    records = collect_trials(grid, space, num_epochs, baseline)
+    for r in records:
+        r.results_dir = str(results / "trials" / r.trial_id)
+    _close_orphans(results, f"search-{results.name}")
+    winner = pick_winner(records, space.mode)
+
+    summary: dict[str, Any] = {
+        "objective": {"metric": space.metric, "mode": space.mode},
+        "search_space": space.to_dict()["parameters"], "scheduler": opts.scheduler,
+        "num_trials": len(records), "concurrent": concurrent, "resources_per_trial": resources,
+        "states": {s: sum(1 for r in records if r.state == s) for s in
+                   ("completed", "stopped", "pruned", "error")},
+        "baseline": next((asdict(r) for r in records if r.baseline), None),
+        "winner": None, "trials": [asdict(r) for r in records],
+        "mlflow": {"tracking_uri": tracking_uri, "experiment": opts.experiment_name,
+                   "parent_run_id": parent.run_id},
+        "optuna_storage": f"sqlite:///{results / 'optuna.db'}",
+        "wall_time_s": round(time.time() - started, 1),
+        "gpu_hours": round(sum(_trial_seconds(r) for r in records) * resources["gpu"] / 3600, 4),
+    }
+    for r in records:
+        parent_state = r.state
+        parent.set_trial_outcome(r.trial_id, parent_state, r.reason, r.best,
+                                 winner=winner is not None and r.trial_id == winner.trial_id)
+
+    if winner is not None:
+        summary["winner"] = finalize_winner(skill, spec, winner, results, space, opts, parent)
+        parent.log_metrics({f"best/{space.metric}": winner.best}, step=0)
+        parent.set_tags({"automl.winner_trial": winner.trial_id})
+    print()
+    print(leaderboard(records, space, winner))
+    (results / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if winner is None:
+        status.write("FAILURE", "Search finished without a usable trial (all pruned or failed)",
+                     states=summary["states"])
+        parent.end("FAILED")
+        raise UserError(f"no trial finished with a finite {space.metric}: {summary['states']}; see "
+                        f"{results / 'summary.json'} (a learning-rate range that diverges everywhere is the usual "
+                        f"cause)")
+    status.write("SUCCESS", "Search finished", kpi={space.metric: winner.best}, winner=winner.trial_id,
+                 states=summary["states"])
+    parent.end("FINISHED")
+    _print_paths(results, summary)
+    return summary
+
+
+def _trial_seconds(r: TrialRecord) -> float:
+    times = [h.get("time_total_s") for h in r.history if isinstance(h.get("time_total_s"), (int, float))]
+    return float(max(times)) if times else 0.0
+
+
+def _close_orphans(results: Path, study_name: str) -> None:
+    """An Optuna trial asked for just before a driver crash is known to no Tune trial: mark it FAIL so that no
+    trial stays RUNNING in the study."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{results / 'optuna.db'}")
+    except Exception:  # noqa: BLE001
+        return
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+
+
+def finalize_winner(skill: Any, spec: DictConfig, winner: TrialRecord, results: Path, space: SearchSpace,
+                    opts: SearchOptions, parent: ParentRun) -> dict[str, Any]:
+    """Copy the winner's best checkpoint and resolved spec to RESULTS_DIR/best and evaluate it there."""
+    from trainer.config import save_spec
+
+    best_dir = results / "best"
+    best_dir.mkdir(parents=True, exist_ok=True)
+    trial_dir = Path(winner.results_dir)
+    ckpt = trial_dir / "checkpoints" / "best.ckpt"
+    if not ckpt.is_file():
+        ckpt = trial_dir / "checkpoints" / "last.ckpt"
+    out: dict[str, Any] = {"trial_id": winner.trial_id, "params": winner.params, "best": winner.best,
+                           "best_epoch": winner.best_epoch, "trial_dir": str(trial_dir)}
+    if not ckpt.is_file():
+        out["error"] = f"the winner's checkpoint is missing in {trial_dir / 'checkpoints'}"
+        return out
+    shutil.copy2(ckpt, best_dir / "model.ckpt")
+    trial_spec = OmegaConf.load(trial_dir / "spec.yaml") if (trial_dir / "spec.yaml").is_file() else spec
+    save_spec(trial_spec, best_dir / "spec.yaml")
+    out["checkpoint"] = str(best_dir / "model.ckpt")
+    out["spec"] = str(best_dir / "spec.yaml")
+    eval_split = "test_dataset" if len(spec.dataset.test_dataset.data_sources) else "val_dataset"
+    try:
+        eval_spec = skill.with_overrides(
+            trial_spec, {"evaluate.checkpoint": out["checkpoint"], "evaluate.results_dir": str(best_dir / "evaluate"),
+                         "dataset.test_dataset": OmegaConf.to_container(spec.dataset[eval_split], resolve=True)})
+        print(f"\nevaluating the winner ({winner.trial_id}) on {eval_split}:")
+        evaluation = skill.evaluate(eval_spec)
+        out["evaluation"] = {"split": eval_split, **{k: v for k, v in evaluation.items() if k != "model"}}
+        parent.log_metrics({f"winner/{k}": v for k, v in evaluation["metrics"].items()}, step=0)
+    except Exception as exc:  # noqa: BLE001 - the search's results must survive a failing evaluation
+        out["evaluation_error"] = f"{type(exc).__name__}: {exc}"
+        print(f"warning: evaluating the winner failed: {exc}", file=sys.stderr)
+    return out
+
+
+def _print_paths(results: Path, summary: Mapping[str, Any]) -> None:
+    w = summary.get("winner") or {}
+    print(f"\nsearch finished in {summary['wall_time_s']:.0f} s: {summary['states']}")
+    print(f"  winner:        {w.get('trial_id')}  {summary['objective']['metric']} = {w.get('best')}")
+    print(f"  checkpoint:    {w.get('checkpoint')}")
+    print(f"  summary:       {results / 'summary.json'}")
+    print(f"  MLflow:        automl ui {results}   (parent run {summary['mlflow']['parent_run_id']})")
+    print(f"  Optuna study:  optuna-dashboard {summary['optuna_storage']}")

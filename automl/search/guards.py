@@ -1,0 +1,110 @@
+"""Keeping non-finite results away from the searcher and the scheduler.
+
+A trial whose loss goes NaN/inf sends one last report flagged `prune_reason` with the objective set to None (the
+key must be present for Tune's metric check; the value must never be a number that pretends to be a result).
+These small subclasses make sure that report is never ranked: the scheduler stops the trial without recording it,
+and Optuna records the trial as PRUNED (the trap in Ray's OptunaSearch: telling Optuna COMPLETE with NaN raises,
+Ray only logs it, and the Optuna trial stays RUNNING forever).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+PRUNE_KEY = "prune_reason"
+
+
+def is_pruned_result(result: Optional[dict]) -> bool:
+    return bool(result) and bool(result.get(PRUNE_KEY))
+
+
+def is_finite_number(x: Any) -> bool:
+    try:
+        return x is not None and not isinstance(x, bool) and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+class GuardedOptunaSearch(OptunaSearch):
+    """OptunaSearch that records flagged (diverged) trials as PRUNED, never reports a non-finite value, and tells
+    Optuna each finished trial's best value (Ray's tells the last one, as TAO does)."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        value = result.get(self.metric)
+        if is_pruned_result(result) or not is_finite_number(value):
+            return
+        best = getattr(self, "_best_values", None)
+        if best is None:
+            best = self._best_values = {}
+        prev = best.get(trial_id)
+        better = prev is None or (value < prev if self._mode == "min" else value > prev)
+        if better:
+            best[trial_id] = float(value)
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials:
+            return
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            return
+        from optuna.trial import TrialState
+
+        if is_pruned_result(result):
+            ot_trial.set_user_attr(PRUNE_KEY, str(result.get(PRUNE_KEY)))
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
+        best = (getattr(self, "_best_values", None) or {}).get(trial_id)
+        if error or best is None:
+            # an error, or stopped before its first validation: no finite objective to tell
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL if error else TrialState.PRUNED)
+        else:
+            self._ot_study.tell(ot_trial, best, state=TrialState.COMPLETE)
+        self._completed_trials.add(trial_id)
+
+
+class _StopFlaggedResults:
+    """Mixin for Tune schedulers: a flagged (diverged) result stops the trial without entering the statistics."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if is_pruned_result(result):
+            return TrialScheduler.STOP
+        return super().on_trial_result(tune_controller, trial, result)  # type: ignore[misc]
+
+
+class GuardedASHA(_StopFlaggedResults, ASHAScheduler):
+    pass
+
+
+class GuardedHyperBand(_StopFlaggedResults, HyperBandScheduler):
+    pass
+
+
+class GuardedMedianStopping(_StopFlaggedResults, MedianStoppingRule):
+    pass
+
+
+class GuardedFIFO(_StopFlaggedResults, FIFOScheduler):
+    pass
+
+
+def build_scheduler(name: str, *, metric: str, mode: str, max_t: int, grace_period: int,
+                    reduction_factor: int) -> TrialScheduler:
+    """asha (default; rungs on validation epochs) | hyperband (TAO-like: R = num_epochs, eta = reduction_factor)
+    | median | none."""
+    grace = max(1, min(grace_period, max_t))
+    if name == "asha":
+        return GuardedASHA(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_t,
+                           grace_period=grace, reduction_factor=reduction_factor)
+    if name == "hyperband":
+        return GuardedHyperBand(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_t,
+                                reduction_factor=reduction_factor)
+    if name == "median":
+        return GuardedMedianStopping(time_attr="training_iteration", metric=metric, mode=mode,
+                                     grace_period=grace, min_samples_required=3)
+    return GuardedFIFO()

@@ -1,0 +1,121 @@
+"""The live trial table printed during a search.
+
+On a terminal it is redrawn in place (at most every 2 s); when stdout is a file or a pipe it writes one line per
+trial start/end and a one-line summary at most every 60 s, so a log stays readable.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, Optional
+
+from ray.tune import Callback
+
+from automl.search.guards import PRUNE_KEY, is_finite_number
+
+
+class TrialTable(Callback):
+    def __init__(self, space: Any, parent: Any, num_epochs: int, stream: Any = None):
+        self.space = space
+        self.parent = parent
+        self.num_epochs = num_epochs
+        self.stream = stream or sys.stdout
+        self.rows: dict[str, dict[str, Any]] = {}
+        self._last_draw = 0.0
+        self._drawn_lines = 0
+        self._last_summary = time.time()
+
+    # ---- Tune hooks ---------------------------------------------------------------------------------------------
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        row = self._row(trial)
+        row["state"] = "running"
+        self._event(f"start  {trial.trial_id}  {self._params(trial)}")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        row = self._row(trial)
+        if result.get(PRUNE_KEY):
+            row["state"] = "pruned"
+            row["reason"] = result.get(PRUNE_KEY)
+            return
+        row["epoch"] = int(result.get("epoch", -1)) + 1
+        value = result.get(self.space.metric)
+        if is_finite_number(value):
+            best = row.get("best")
+            if best is None or (value < best if self.space.mode == "min" else value > best):
+                row["best"] = float(value)
+        self._maybe_draw()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        row = self._row(trial)
+        if row.get("state") != "pruned":
+            row["state"] = "completed" if row.get("epoch", 0) >= self.num_epochs else "stopped"
+        extra = f" ({row.get('reason')})" if row.get("reason") else ""
+        self._event(f"{row['state']:<9} {trial.trial_id}  best {self.space.metric}={_fmt(row.get('best'))}  "
+                    f"epochs={row.get('epoch', 0)}{extra}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        row = self._row(trial)
+        row["state"] = "error"
+        self._event(f"error     {trial.trial_id}  (see {trial.local_path or trial.path})")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._event(f"retry     {trial.trial_id}  (worker failed; continuing from its last checkpoint)")
+
+    # ---- drawing ------------------------------------------------------------------------------------------------
+    def _row(self, trial: Any) -> dict[str, Any]:
+        return self.rows.setdefault(trial.trial_id, {"state": "pending", "params": dict(trial.config or {})})
+
+    def _params(self, trial: Any) -> str:
+        cfg = trial.config or {}
+        return "  ".join(f"{k.split('.')[-1]}={_fmt(cfg[k])}" for k in self.space.names if k in cfg)
+
+    def _tty(self) -> bool:
+        try:
+            return self.stream.isatty()
+        except (AttributeError, ValueError):
+            return False
+
+    def _event(self, line: str) -> None:
+        if self._tty():
+            self._draw(force=True)
+        else:
+            print(f"[search] {line}", file=self.stream, flush=True)
+
+    def _maybe_draw(self) -> None:
+        if self._tty():
+            self._draw()
+        elif time.time() - self._last_summary > 60:
+            self._last_summary = time.time()
+            counts: dict[str, int] = {}
+            for r in self.rows.values():
+                counts[r["state"]] = counts.get(r["state"], 0) + 1
+            best = [r["best"] for r in self.rows.values() if r.get("best") is not None]
+            top = (min(best) if self.space.mode == "min" else max(best)) if best else None
+            print(f"[search] {counts}  best {self.space.metric}={_fmt(top)}", file=self.stream, flush=True)
+
+    def _draw(self, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self._last_draw < 2.0:
+            return
+        self._last_draw = now
+        names = self.space.names
+        lines = [f"{'trial':<14}{'state':<10}{'epoch':>6}  {'best ' + self.space.metric:>16}  "
+                 + "  ".join(f"{n.split('.')[-1][:12]:>12}" for n in names)]
+        for tid, r in self.rows.items():
+            lines.append(f"{tid[:13]:<14}{r['state']:<10}{r.get('epoch', 0):>6}  {_fmt(r.get('best')):>16}  "
+                         + "  ".join(f"{_fmt(r['params'].get(n)):>12}" for n in names))
+        if self._drawn_lines:
+            self.stream.write(f"\x1b[{self._drawn_lines}F\x1b[J")
+        self.stream.write("\n".join(lines) + "\n")
+        self.stream.flush()
+        self._drawn_lines = len(lines)
+
+
+def _fmt(v: Optional[Any]) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}" if math.isfinite(v) else str(v)
+    return str(v)

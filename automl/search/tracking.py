@@ -1,0 +1,113 @@
+"""MLflow for a search: one parent run, one nested child run per trial (created by the trainer inside the trial,
+found again by its `trial_id` tag so that retries and resumes never duplicate it), and the trial's final state.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Mapping, Optional
+
+from trainer.tracking import MlflowRun, TrackingConfig
+
+TRIAL_TAG = "automl.trial_id"
+STATE_TAG = "automl.trial_state"
+
+
+def check_tracking_reachable(uri: str) -> None:
+    """Fail before any trial starts when the tracking store cannot be reached (the URI is in the message)."""
+    from mlflow.tracking import MlflowClient
+
+    from trainer.errors import UserError
+
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the search cannot be tracked
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"MLflow tracking store {uri} is not reachable ({first}); start the server "
+                        f"(mlflow server --host 127.0.0.1 --port 5000 ...) or pass another --tracking-uri") from None
+
+
+def find_child_run(uri: str, experiment_name: str, parent_run_id: str, trial_id: str) -> Optional[str]:
+    """The child run already made for `trial_id` under `parent_run_id` (a retried or resumed trial), if any."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment_name)
+        if exp is None:
+            return None
+        runs = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+            max_results=1)
+        return runs[0].info.run_id if runs else None
+    except Exception:  # noqa: BLE001 - worst case a retried trial gets a second run
+        return None
+
+
+class ParentRun:
+    """The search's parent run. Kept open across a driver crash: `--resume` reattaches by run id."""
+
+    def __init__(self, uri: str, experiment_name: str, run_name: str, run_id: Optional[str] = None):
+        self.run = MlflowRun(TrackingConfig(uri=uri, experiment_name=experiment_name, run_name=run_name,
+                                            run_id=run_id, tags={"automl.role": "search"}), results_dir=".")
+        self.uri = uri
+        self.experiment_name = experiment_name
+
+    @property
+    def run_id(self) -> Optional[str]:
+        return self.run.run_id
+
+    def start(self) -> Optional[str]:
+        return self.run.start()
+
+    def set_trial_outcome(self, trial_id: str, state: str, reason: Optional[str] = None,
+                          best: Optional[float] = None, winner: bool = False) -> None:
+        """Tag the trial's child run with how it ended and close it (FINISHED, or FAILED for errors)."""
+        if not self.run_id:
+            return
+        run_id = find_child_run(self.uri, self.experiment_name, self.run_id, trial_id)
+        if run_id is None:
+            return
+        try:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=self.uri)
+            client.set_tag(run_id, STATE_TAG, state)
+            if reason:
+                client.set_tag(run_id, "automl.prune_reason", reason)
+            if best is not None:
+                client.set_tag(run_id, "automl.best_objective", str(best))
+            if winner:
+                client.set_tag(run_id, "automl.winner", "true")
+            status = client.get_run(run_id).info.status
+            final = "FAILED" if state == "error" else ("KILLED" if state == "pruned" else "FINISHED")
+            if status != final and (status == "RUNNING" or state in ("pruned", "error")):
+                client.set_terminated(run_id, status=final)
+        except Exception as exc:  # noqa: BLE001
+            self.run.failures.append(f"trial {trial_id}: {exc}")
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.run.log_params(params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        self.run.log_metrics(metrics, step)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self.run.set_tags(tags)
+
+    def log_artifact(self, path: str) -> None:
+        if not self.run_id:
+            return
+        try:
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(tracking_uri=self.uri).log_artifact(self.run_id, path)
+        except Exception as exc:  # noqa: BLE001
+            self.run.failures.append(f"artifact {path}: {exc}")
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.run.end(status)
+        if self.run.failures:
+            print(f"warning: {len(self.run.failures)} MLflow operations failed; first: {self.run.failures[0]}",
+                  file=sys.stderr)

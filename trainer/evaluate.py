@@ -1,0 +1,70 @@
+"""`evaluate(spec)`: the standard depth metrics of a checkpoint (or ONNX file / TensorRT engine) on test_dataset."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from omegaconf import DictConfig
+
+from trainer.callbacks import StatusFile
+from trainer.metrics import MetricAccumulator
+from trainer.module import as_depth
+from trainer.runtime import Predictor, build_predictor, resize_prediction
+
+METRIC_ORDER = ("d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog")
+
+
+def evaluate_loader(predictor: Predictor, loader: Any, *, relative: bool, progress: bool = True) -> dict[str, float]:
+    """Run `predictor` over an evaluation loader; metrics per image at ground-truth size, averaged over images."""
+    from tqdm import tqdm
+
+    acc = MetricAccumulator()
+    for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+        pred = predictor(batch["image"])
+        depths, valids = batch["depth"], batch["valid"]
+        if isinstance(depths, torch.Tensor):
+            depths, valids = list(depths), list(valids)
+        for i, (gt, valid) in enumerate(zip(depths, valids)):
+            p = resize_prediction(pred[i], tuple(gt.shape[-2:]))
+            acc.update(p, as_depth(gt, valid, relative), valid, relative=relative)
+    return acc.compute()
+
+
+def format_table(metrics: Mapping[str, float]) -> str:
+    keys = [k for k in METRIC_ORDER if k in metrics]
+    head = " | ".join(f"{k:>8}" for k in keys)
+    row = " | ".join(f"{metrics[k]:8.4f}" for k in keys)
+    return f"{head}\n{'-' * len(head)}\n{row}"
+
+
+def evaluate(spec: DictConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Writes `<results>/metrics.json` and a status.json line; prints the metrics as a table; returns the metrics."""
+    from trainer.data import build_dataloader
+
+    started = time.time()
+    out = Path(spec.evaluate.results_dir or Path(spec.results_dir) / "evaluate")
+    out.mkdir(parents=True, exist_ok=True)
+    predictor, used = build_predictor(spec, spec.evaluate)
+    relative = used.model.model_type == "RelativeDepthAnything"
+    loader = build_dataloader(used, "test_dataset", train=False, batch_size=spec.evaluate.batch_size)
+    metrics = evaluate_loader(predictor, loader, relative=relative, progress=progress)
+    count = int(metrics.pop("count", 0))
+    result = {
+        "model": predictor.description,
+        "model_type": used.model.model_type,
+        "encoder": used.model.encoder,
+        "num_images": count,
+        "metrics": metrics,
+        "skipped_samples": dict(getattr(loader.dataset, "skipped", {}) or {}),
+        "wall_time_s": round(time.time() - started, 2),
+    }
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    StatusFile(out / "status.json").write("SUCCESS", "Evaluation finished", kpi=metrics, num_images=count)
+    print(f"\nevaluated {count} images with {predictor.description}")
+    print(format_table(metrics))
+    print(f"\nmetrics written to {out / 'metrics.json'}")
+    return result

@@ -1,0 +1,133 @@
+"""Running a trained model for evaluation and inference: one implementation of the pre- and post-processing,
+several backends (PyTorch here; ONNX Runtime and TensorRT share the same interface).
+
+Pre-processing is the evaluation transform of `trainer.data` (resize keeping the aspect ratio to multiples of 14,
+normalise); post-processing resizes the prediction bilinearly to the ground-truth / original image size.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from trainer.errors import CheckpointError, UserError
+
+
+class Predictor(Protocol):
+    """images [B,3,H,W] normalised float32 -> depth [B,H,W] float32 on the CPU (metric: metres; relative: disparity)."""
+
+    description: str
+    is_metric: bool
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+def pick_device(gpu_ids: Any = None) -> torch.device:
+    if torch.cuda.is_available():
+        ids = list(gpu_ids or [0])
+        return torch.device(f"cuda:{ids[0] if ids else 0}")
+    return torch.device("cpu")
+
+
+def checkpoint_spec(spec: DictConfig, checkpoint: str) -> DictConfig:
+    """The spec to build the network from: the model section and depth range stored in our own checkpoints win
+    (they are what the weights were trained with); released checkpoints carry none, so the given spec is used."""
+    from trainer.config import build_spec, to_plain
+    from trainer.model import read_checkpoint_spec
+
+    stored = read_checkpoint_spec(checkpoint)
+    if not stored:
+        return spec
+    plain = to_plain(spec)
+    notes = []
+    for key in ("model_type", "encoder"):
+        if plain["model"].get(key) != stored["model"].get(key):
+            notes.append(f"model.{key}: spec says {plain['model'].get(key)!r}, checkpoint was trained as "
+                         f"{stored['model'].get(key)!r}")
+    plain["model"] = stored["model"]
+    for key in ("min_depth", "max_depth"):
+        if plain["dataset"].get(key) is None:
+            plain["dataset"][key] = stored.get("dataset", {}).get(key)
+    for n in notes:
+        print(f"notice: {n}; using the checkpoint's", file=sys.stderr)
+    return build_spec(plain, check_files=False, notice=lambda _m: None)
+
+
+def load_model(spec: DictConfig, checkpoint: Optional[str]) -> tuple[torch.nn.Module, DictConfig]:
+    """Build the network for `checkpoint` and load its weights strictly. Returns (model in eval mode, spec used)."""
+    from trainer.model import build_model, load_weights
+
+    if not checkpoint:
+        raise UserError("no checkpoint given: set evaluate.checkpoint / inference.checkpoint / export.checkpoint "
+                        "(a .ckpt written by training, or a released depth_anything_v2_vit*.pth)")
+    if not Path(checkpoint).is_file():
+        raise CheckpointError(f"checkpoint not found: {checkpoint}")
+    used = checkpoint_spec(spec, checkpoint)
+    if used.model.model_type == "MetricDepthAnything" and used.dataset.max_depth is None:
+        raise UserError("dataset.max_depth is needed to build a MetricDepthAnything model from a checkpoint that "
+                        "does not record its training spec (released weights); e.g. dataset.max_depth=20 (indoor) "
+                        "or 80 (outdoor)")
+    model = build_model(used)
+    load_weights(model, checkpoint, strict=True)
+    model.eval()
+    return model, used
+
+
+@dataclass
+class TorchPredictor:
+    model: torch.nn.Module
+    device: torch.device
+    precision: str = "fp32"
+    is_metric: bool = True
+    description: str = "pytorch"
+
+    def __post_init__(self) -> None:
+        self.model.to(self.device).eval()
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True)
+        if self.precision == "bf16" and self.device.type in ("cuda", "cpu"):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                out = self.model(x)
+        else:
+            out = self.model(x)
+        return out.float().cpu()
+
+
+def build_predictor(spec: DictConfig, section: DictConfig) -> tuple[Predictor, DictConfig]:
+    """From `evaluate` or `inference` section: checkpoint (PyTorch), onnx_file (ONNX Runtime) or trt_engine."""
+    if section.get("trt_engine"):
+        from trainer.engine import TensorRTPredictor
+
+        return TensorRTPredictor.from_spec(spec, section.trt_engine)
+    if section.get("onnx_file"):
+        from trainer.export import OnnxPredictor
+
+        return OnnxPredictor.from_spec(spec, section.onnx_file)
+    model, used = load_model(spec, section.checkpoint)
+    device = pick_device(section.get("gpu_ids"))
+    precision = spec.train.precision if device.type == "cuda" else "fp32"
+    pred = TorchPredictor(model, device, precision, is_metric=used.model.model_type == "MetricDepthAnything",
+                          description=f"pytorch ({device.type}, {precision}) {section.checkpoint}")
+    return pred, used
+
+
+def resize_prediction(pred: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[H,W] or [B,H,W] -> same at `size`, bilinear; how predictions meet ground truth or original images."""
+    squeeze = pred.dim() == 2
+    p = pred[None] if squeeze else pred
+    if tuple(p.shape[-2:]) != tuple(size):
+        p = F.interpolate(p[:, None].float(), size=tuple(int(s) for s in size), mode="bilinear",
+                          align_corners=False)[:, 0]
+    return p[0] if squeeze else p
+
+
+def plain_spec(spec: DictConfig) -> dict:
+    return OmegaConf.to_container(spec, resolve=True)  # type: ignore[return-value]
