@@ -83,14 +83,24 @@ def _accelerator(spec: DictConfig) -> tuple[str, Any, str]:
             else:
                 from pytorch_lightning.strategies import DDPStrategy
 
-                # refinenet4.resConfUnit1 exists in released weights but is never called
-                strategy = DDPStrategy(find_unused_parameters=True)
+                # parameters that exist in released weights but are never called (refinenet4.resConfUnit1,
+                # mask_token) are frozen by the model, so DDP needs no unused-parameter search
+                strategy = DDPStrategy(find_unused_parameters=False)
         else:
             strategy = "auto"
         return "gpu", devices, strategy
     if int(t.num_gpus) > 1:
         print(f"notice: train.num_gpus={t.num_gpus} but no GPU is visible; training on the CPU", file=sys.stderr)
     return "cpu", 1, "auto"
+
+
+def quiet_library_logs() -> None:
+    """Lightning's device banners and tips, MLflow's schema migrations: nothing a user acts on."""
+    import logging
+
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric", "mlflow",
+                 "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 _PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
@@ -119,6 +129,7 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
     from trainer.module import DepthModule
 
     started = time.time()
+    quiet_library_logs()
     out = results_dir_of(spec)
     check_writable(out)
     ckpt_dir = out / "checkpoints"
@@ -182,7 +193,7 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
         mlrun.cfg.tags.setdefault("results_dir", str(out.resolve()))
 
     trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=resume or None,
-                weights_only=True if resume else None)
+                weights_only=True)
     if recorder.failure is not None:  # Lightning swallowed an interrupt: never report it as a success
         raise recorder.failure
 
