@@ -93,8 +93,7 @@ def _convert_configure(p: argparse.ArgumentParser) -> None:
 def _convert_run(args: argparse.Namespace) -> int:
     from trainer.data.convert import convert, load_convert_spec
 
-    res = convert(load_convert_spec(args.spec, args.overrides))
-    print(res.summary())
+    convert(load_convert_spec(args.spec, args.overrides))  # prints what it wrote
     return 0
 
 

@@ -154,6 +154,15 @@ class RunRecorder(pl.Callback):
         self.failure = exception
         if not trainer.is_global_zero:
             return
+        if isinstance(exception, (KeyboardInterrupt, SystemExit)):
+            # asked to stop from outside (Ctrl-C, or a search scheduler ending a losing trial): not a failure
+            self.status.write("STOPPED", f"Training stopped from outside ({type(exception).__name__}) after "
+                                         f"{len(self.history)} epochs", reason="interrupted",
+                              last_checkpoint=self.last_checkpoint)
+            if self.mlflow is not None:
+                self.mlflow.set_tags({"stopped": "interrupted"})
+                self.mlflow.end("KILLED")
+            return
         reason = getattr(exception, "reason", None) or type(exception).__name__
         extra: dict[str, Any] = {"reason": reason}
         if isinstance(exception, NonFiniteLossError):
@@ -161,8 +170,7 @@ class RunRecorder(pl.Callback):
         self.status.write("FAILURE", str(exception).splitlines()[0] if str(exception) else reason, **extra)
         if self.mlflow is not None:
             self.mlflow.set_tags({"failure_reason": reason, "failure_message": str(exception)[:4000]})
-            interrupted = isinstance(exception, (KeyboardInterrupt, SystemExit))
-            self.mlflow.end("KILLED" if interrupted else "FAILED")
+            self.mlflow.end("FAILED")
 
 
 def _is_tty() -> bool:

@@ -38,22 +38,33 @@ def pick_device(gpu_ids: Any = None) -> torch.device:
 def checkpoint_spec(spec: DictConfig, checkpoint: str) -> DictConfig:
     """The spec to build the network from: the model section and depth range stored in our own checkpoints win
     (they are what the weights were trained with); released checkpoints carry none, so the given spec is used."""
-    from trainer.config import build_spec, to_plain
+    from trainer.config import build_spec, default_spec, to_plain
     from trainer.model import read_checkpoint_spec
 
     stored = read_checkpoint_spec(checkpoint)
     if not stored:
         return spec
     plain = to_plain(spec)
+    defaults = to_plain(default_spec())
     notes = []
     for key in ("model_type", "encoder"):
-        if plain["model"].get(key) != stored["model"].get(key):
+        given = plain["model"].get(key)
+        if given != stored["model"].get(key) and given != defaults["model"][key]:
             notes.append(f"model.{key}: spec says {plain['model'].get(key)!r}, checkpoint was trained as "
                          f"{stored['model'].get(key)!r}")
     plain["model"] = stored["model"]
+    stored_data = stored.get("dataset", {})
     for key in ("min_depth", "max_depth"):
         if plain["dataset"].get(key) is None:
-            plain["dataset"][key] = stored.get("dataset", {}).get(key)
+            plain["dataset"][key] = stored_data.get(key)
+    # pre-processing follows training (normalisation, network input size) unless the spec sets its own
+    trained_aug = (stored_data.get("val_dataset") or {}).get("augmentation") \
+        or (stored_data.get("train_dataset") or {}).get("augmentation")
+    default_aug = to_plain(default_spec()).get("dataset", {}).get("test_dataset", {}).get("augmentation")
+    if trained_aug:
+        for split in ("test_dataset", "infer_dataset"):
+            if plain["dataset"][split].get("augmentation") == default_aug:
+                plain["dataset"][split]["augmentation"] = dict(trained_aug)
     for n in notes:
         print(f"notice: {n}; using the checkpoint's", file=sys.stderr)
     return build_spec(plain, check_files=False, notice=lambda _m: None)
@@ -117,6 +128,13 @@ def build_predictor(spec: DictConfig, section: DictConfig) -> tuple[Predictor, D
     pred = TorchPredictor(model, device, precision, is_metric=used.model.model_type == "MetricDepthAnything",
                           description=f"pytorch ({device.type}, {precision}) {section.checkpoint}")
     return pred, used
+
+
+def predict_images(predictor: Predictor, images: Any) -> list[torch.Tensor]:
+    """A batch tensor goes through the predictor at once; a list (images of different sizes) one by one."""
+    if isinstance(images, torch.Tensor):
+        return list(predictor(images))
+    return [predictor(img[None])[0] for img in images]
 
 
 def resize_prediction(pred: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -76,6 +76,12 @@ class _StopFlaggedResults:
             return TrialScheduler.STOP
         return super().on_trial_result(tune_controller, trial, result)  # type: ignore[misc]
 
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        if is_pruned_result(result) or not is_finite_number((result or {}).get(self._metric)):
+            self.on_trial_remove(tune_controller, trial)  # type: ignore[attr-defined]
+            return
+        super().on_trial_complete(tune_controller, trial, result)  # type: ignore[misc]
+
 
 class GuardedASHA(_StopFlaggedResults, ASHAScheduler):
     pass
@@ -99,8 +105,9 @@ def build_scheduler(name: str, *, metric: str, mode: str, max_t: int, grace_peri
     | median | none."""
     grace = max(1, min(grace_period, max_t))
     if name == "asha":
+        # stop_last_trials=False: a trial that reaches max_t ends by itself (its trainer finishes cleanly)
         return GuardedASHA(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_t,
-                           grace_period=grace, reduction_factor=reduction_factor)
+                           grace_period=grace, reduction_factor=reduction_factor, stop_last_trials=False)
     if name == "hyperband":
         return GuardedHyperBand(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_t,
                                 reduction_factor=reduction_factor)

@@ -80,9 +80,8 @@ class ParentRun:
                 client.set_tag(run_id, "automl.best_objective", str(best))
             if winner:
                 client.set_tag(run_id, "automl.winner", "true")
-            status = client.get_run(run_id).info.status
-            final = "FAILED" if state == "error" else ("KILLED" if state == "pruned" else "FINISHED")
-            if status != final and (status == "RUNNING" or state in ("pruned", "error")):
+            final = {"error": "FAILED", "pruned": "KILLED"}.get(state, "FINISHED")
+            if client.get_run(run_id).info.status != final:
                 client.set_terminated(run_id, status=final)
         except Exception as exc:  # noqa: BLE001
             self.run.failures.append(f"trial {trial_id}: {exc}")

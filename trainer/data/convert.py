@@ -1,0 +1,231 @@
+"""`convert`: build annotation files from a folder tree, with TAO depth_net's semantics and its traps closed.
+
+TAO semantics kept: walk `data_root` recursively; an image is a file whose path contains every substring of
+`image_dir_pattern` (and ends with `image_extension` when given); its depth file is derived by replacing
+`image_dir_pattern[0]` with `depth_dir_pattern[0]` and `image_extension` with `depth_extension`. `split_ratio` 0
+or 1 writes one `test.txt`; 0.8 writes an 80/20 `train.txt`/`val.txt` after a seeded shuffle.
+
+Unlike TAO:
+- an extension without its leading dot is an error (TAO silently derives corrupt paths);
+- a file whose path contains the depth pattern is never taken as an image;
+- patterns are matched and replaced in the path below `data_root`, so a `data_root` that happens to contain a
+  pattern does not change the result;
+- every derived depth path is checked: missing ones are reported (count and up to 5 examples) and are an error,
+  unless `allow_missing_depth: true`, which drops those images and says how many;
+- an empty `depth_extension` keeps the image's extension (TAO would strip `image_extension`);
+- with no `depth_dir_pattern`, image-only lines are written (inference lists);
+- paths containing whitespace (which the annotation format cannot hold) are an error.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Mapping, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from trainer.config.loader import build_config, load_config
+from trainer.data.annotations import write_annotation_file
+from trainer.errors import DataError, SpecProblem
+
+_MAX_EXAMPLES = 5
+
+
+@dataclass
+class ConvertConfig:
+    """The convert spec (TAO key names). Paths are used as given (relative to the working directory)."""
+
+    data_root: str = ""
+    results_dir: str = ""
+    image_dir_pattern: List[str] = field(default_factory=list)
+    depth_dir_pattern: List[str] = field(default_factory=list)
+    image_extension: str = ""
+    depth_extension: str = ""
+    split_ratio: float = 0.0  # 0 or 1: test.txt only; otherwise the train fraction (the rest is val)
+    seed: int = 0  # (ours) shuffle seed for the train/val split
+    allow_missing_depth: bool = False  # (ours) drop images whose derived depth file is missing
+    # TAO stereo keys: accepted, unused
+    right_dir_pattern: List[str] = field(default_factory=list)
+    nocc_dir_pattern: List[str] = field(default_factory=list)
+    nocc_extension: str = ""
+    nocc_mask_dir_name: str = ""
+
+
+UNUSED_CONVERT_KEYS = ("right_dir_pattern", "nocc_dir_pattern", "nocc_extension", "nocc_mask_dir_name")
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """Files written (by split name: train/val or test), sample counts, and images dropped for missing depth."""
+
+    files: dict[str, Path]
+    counts: dict[str, int]
+    dropped_missing_depth: int = 0
+
+    def summary(self) -> str:
+        """What was written, for people."""
+        lines = [f"convert: {sum(self.counts.values())} samples"]
+        lines += [f"  {name}: {path} ({self.counts[name]} samples)" for name, path in self.files.items()]
+        if self.dropped_missing_depth:
+            lines.append(f"  dropped (no depth file): {self.dropped_missing_depth}")
+        return "\n".join(lines)
+
+
+def _validate(cfg: DictConfig, origin_of: Callable[[str], Optional[str]]) -> list[SpecProblem]:
+    P: list[SpecProblem] = []
+
+    def bad(key: str, msg: str) -> None:
+        P.append(SpecProblem(key, msg, origin_of(key)))
+
+    if not cfg.data_root:
+        bad("data_root", "empty; expected the folder whose sub-folders hold the images and depth files")
+    elif not Path(cfg.data_root).is_dir():
+        bad("data_root", f"folder not found: {cfg.data_root}")
+    if not cfg.results_dir:
+        bad("results_dir", "empty; expected the folder where train.txt/val.txt (or test.txt) are written")
+    if not cfg.image_dir_pattern or any(not str(p) for p in cfg.image_dir_pattern):
+        bad("image_dir_pattern", f"found {list(cfg.image_dir_pattern)}; expected a list of non-empty substrings "
+                                 f"that image paths contain, e.g. [rgb_]")
+    if any(not str(p) for p in cfg.depth_dir_pattern):
+        bad("depth_dir_pattern", f"found {list(cfg.depth_dir_pattern)}; expected non-empty substrings, e.g. "
+                                 f"[sync_depth_]")
+    for key in ("image_extension", "depth_extension"):
+        ext = cfg[key]
+        if ext and not ext.startswith("."):
+            bad(key, f"found {ext!r} without its leading dot; expected {'.' + ext!r} (the extension is swapped as a "
+                     f"substring, so a missing dot corrupts the derived depth paths)")
+        elif ext == ".":
+            bad(key, "found '.' alone; expected an extension such as .png")
+    if cfg.depth_extension and not cfg.image_extension:
+        bad("depth_extension", f"found {cfg.depth_extension!r} with an empty image_extension; expected "
+                               f"image_extension too (depth_extension replaces it in the derived path)")
+    if cfg.depth_extension and not cfg.depth_dir_pattern:
+        bad("depth_extension", "set without depth_dir_pattern; expected depth_dir_pattern to derive depth paths")
+    if cfg.image_dir_pattern and cfg.depth_dir_pattern and \
+            cfg.image_dir_pattern[0] == cfg.depth_dir_pattern[0] and \
+            (cfg.image_extension or "") == (cfg.depth_extension or ""):
+        bad("depth_dir_pattern", f"found the same pattern as image_dir_pattern[0] ({cfg.image_dir_pattern[0]!r}) "
+                                 f"and the same extension: every depth path would be the image itself")
+    if not 0.0 <= cfg.split_ratio <= 1.0:
+        bad("split_ratio", f"found {cfg.split_ratio}; expected 0 or 1 (test.txt only) or a train fraction in "
+                           f"(0, 1), e.g. 0.8")
+    return P
+
+
+def build_convert_config(raw: Optional[Mapping] = None, overrides: Sequence[str] = (), *,
+                         source: Optional[str] = None) -> DictConfig:
+    """Validate a convert spec given as a mapping (plus dotted overrides); all problems in one SpecError."""
+    return build_config(ConvertConfig, raw, overrides, source=source, validate=_validate)
+
+
+def load_convert_spec(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """Read and validate a convert spec YAML file (plus `key=value` overrides)."""
+    return load_config(ConvertConfig, path, overrides, validate=_validate)
+
+
+def _as_config(cfg: ConvertConfig | DictConfig | Mapping) -> DictConfig:
+    if isinstance(cfg, DictConfig):
+        return cfg
+    if isinstance(cfg, ConvertConfig):
+        return build_convert_config(OmegaConf.to_container(OmegaConf.structured(cfg)))  # type: ignore[arg-type]
+    return build_convert_config(cfg)
+
+
+def _swap_suffix(text: str, old: str, new: str) -> str:
+    return text[: len(text) - len(old)] + new if old and text.endswith(old) else text
+
+
+def convert(cfg: ConvertConfig | DictConfig | Mapping, *, log: Callable[[str], None] = print) -> ConvertResult:
+    """Walk `data_root`, pair images with depth files, write the annotation files; return what was written."""
+    c = _as_config(cfg)
+    for key in UNUSED_CONVERT_KEYS:
+        if c[key]:
+            print(f"notice: '{key}' is a TAO stereo key that depth_net_mono convert does not use; ignored",
+                  file=sys.stderr)
+    root = Path(c.data_root).resolve()
+    img_pats = [str(p) for p in c.image_dir_pattern]
+    dep_pats = [str(p) for p in c.depth_dir_pattern]
+    img_ext, dep_ext = c.image_extension or "", c.depth_extension or ""
+
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    rels = [p.relative_to(root).as_posix() for p in files]
+    matching = [r for r in rels if all(s in r for s in img_pats) and (not img_ext or r.endswith(img_ext))]
+    depth_like = [r for r in matching if dep_pats and dep_pats[0] in r and dep_pats[0] not in img_pats[0]]
+    taken_as_depth = set(depth_like)
+    images = [r for r in matching if r not in taken_as_depth]
+    if not images:
+        raise DataError(_no_images_message(root, img_pats, img_ext, len(files), rels, depth_like, dep_pats))
+
+    pairs: list[tuple[Path, Optional[Path]]] = []
+    missing: list[tuple[str, str]] = []
+    for r in images:
+        if not dep_pats:
+            pairs.append((root / r, None))
+            continue
+        d = r.replace(img_pats[0], dep_pats[0])
+        if dep_ext:  # no depth_extension: depth files share the image's extension
+            d = _swap_suffix(d, img_ext, dep_ext)
+        if (root / d).is_file():
+            pairs.append((root / r, root / d))
+        else:
+            missing.append((r, d))
+    if missing:
+        examples = "\n".join(f"  {root / r} -> {root / d} (not found)" for r, d in missing[:_MAX_EXAMPLES])
+        more = f"\n  ... and {len(missing) - _MAX_EXAMPLES} more" if len(missing) > _MAX_EXAMPLES else ""
+        head = (f"convert: {len(missing)} of {len(images)} images have no depth file at the derived path "
+                f"(image_dir_pattern[0] {img_pats[0]!r} -> depth_dir_pattern[0] {dep_pats[0]!r}, "
+                f"image_extension {img_ext!r} -> depth_extension {dep_ext!r}):\n{examples}{more}")
+        if not pairs:
+            raise DataError(head + "\nno image has a depth file: check depth_dir_pattern and depth_extension")
+        if not c.allow_missing_depth:
+            raise DataError(head + "\nexpected every image to have its depth file; set allow_missing_depth: true "
+                                   "to drop these images")
+        log(head + f"\nallow_missing_depth: {len(missing)} images dropped")
+
+    spaced = [str(p) for pair in pairs for p in pair if p is not None and any(ch.isspace() for ch in str(p))]
+    if spaced:
+        raise DataError(f"convert: {len(spaced)} paths contain whitespace, which annotation files (whitespace-"
+                        f"separated columns) cannot hold; rename them. Examples: "
+                        + ", ".join(repr(p) for p in spaced[:_MAX_EXAMPLES]))
+    results = Path(c.results_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    ratio = float(c.split_ratio)
+    if ratio in (0.0, 1.0):
+        splits = {"test": pairs}
+    else:
+        shuffled = list(pairs)
+        random.Random(int(c.seed)).shuffle(shuffled)
+        n = len(shuffled)
+        n_train = min(max(round(ratio * n), 1), n - 1) if n >= 2 else n
+        splits = {"train": sorted(shuffled[:n_train]), "val": sorted(shuffled[n_train:])}
+    written: dict[str, Path] = {}
+    counts: dict[str, int] = {}
+    for name, rows in splits.items():
+        if not rows:
+            log(f"convert: {name} split is empty ({len(pairs)} sample(s) in all); {name}.txt not written")
+            continue
+        path = results / f"{name}.txt"
+        counts[name] = write_annotation_file(path, rows, relative=False)
+        written[name] = path
+    kind = "image depth" if dep_pats else "image only"
+    log("convert: wrote " + ", ".join(f"{p} ({counts[k]} samples)" for k, p in written.items())
+        + f" [{kind}; {len(pairs)} pairs from {root}]")
+    return ConvertResult(written, counts, len(missing) if c.allow_missing_depth else 0)
+
+
+def _no_images_message(root: Path, pats: list[str], ext: str, n_files: int, rels: list[str],
+                       depth_like: list[str], dep_pats: list[str]) -> str:
+    msg = (f"convert: no image found under {root}: expected files whose path (below data_root) contains "
+           f"{' and '.join(repr(p) for p in pats)}" + (f" and ends with {ext!r}" if ext else "")
+           + f"; found {n_files} files")
+    if depth_like:
+        msg += (f", of which {len(depth_like)} match but also contain the depth pattern {dep_pats[0]!r} and were "
+                f"taken as depth files")
+    if rels:
+        msg += ". Examples: " + ", ".join(rels[:_MAX_EXAMPLES])
+    if ext and any(r.lower().endswith(ext.lower()) for r in rels) and not any(r.endswith(ext) for r in rels):
+        msg += f". Note: extensions are case-sensitive ({ext!r})"
+    return msg
