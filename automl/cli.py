@@ -205,6 +205,38 @@ def _inference_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_configure(p: argparse.ArgumentParser) -> None:
+    _add_spec_args(p, spec_required=True)
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing export.onnx_file (same as export.overwrite=true)")
+
+
+def _export_run(args: argparse.Namespace) -> int:
+    from automl.skills import get_skill
+
+    skill = get_skill(args.skill)
+    overrides = list(args.overrides) + (["export.overwrite=true"] if args.force else [])
+    spec = skill.load_spec(args.spec, overrides, "export")
+    skill.export(spec)
+    return 0
+
+
+def _gen_trt_engine_configure(p: argparse.ArgumentParser) -> None:
+    _add_spec_args(p, spec_required=True)
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing gen_trt_engine.trt_engine (same as gen_trt_engine.overwrite=true)")
+
+
+def _gen_trt_engine_run(args: argparse.Namespace) -> int:
+    from automl.skills import get_skill
+
+    skill = get_skill(args.skill)
+    overrides = list(args.overrides) + (["gen_trt_engine.overwrite=true"] if args.force else [])
+    spec = skill.load_spec(args.spec, overrides, "gen_trt_engine")
+    skill.gen_trt_engine(spec)
+    return 0
+
+
 ACTIONS: list[Action] = [
     Action("synth", "generate synthetic RGB-D scenes (rooms with objects, exact depth) for demos and tests",
            "automl synth --out data/synth --num 300 --size 240x320 --seed 0 --layout nyu",
@@ -230,6 +262,13 @@ ACTIONS: list[Action] = [
            "automl inference -e experiments/depth_net_mono/inference.yaml inference.checkpoint=best.ckpt "
            "dataset.infer_dataset.data_root=photos/",
            _inference_configure, _inference_run),
+    Action("export", "ONNX (opset >= 17, dynamic batch) of a checkpoint, validated against PyTorch in ONNX Runtime",
+           "automl export -e experiments/depth_net_mono/export.yaml export.checkpoint=results/x/best.ckpt --force",
+           _export_configure, _export_run),
+    Action("gen_trt_engine", "TensorRT engine (BF16 by default) from an exported ONNX file",
+           "automl gen_trt_engine -e experiments/depth_net_mono/gen_trt_engine.yaml "
+           "gen_trt_engine.onnx_file=results/x/export/model.onnx",
+           _gen_trt_engine_configure, _gen_trt_engine_run),
 ]
 
 

@@ -72,6 +72,7 @@ class RunRecorder(pl.Callback):
         self._loss_sum: Optional[torch.Tensor] = None
         self._loss_n = 0
         self.last_checkpoint: Optional[str] = None
+        self._announce_resume = False
         self.failure: Optional[BaseException] = None
 
     # ---- checkpoint state: the MLflow run id and the history survive a resume -------------------------------
@@ -93,10 +94,13 @@ class RunRecorder(pl.Callback):
                 self.mlflow.start()
                 if not resuming:
                     self.mlflow.log_params(self.params)
-            resumed = f" (resumed at epoch {trainer.current_epoch})" if trainer.current_epoch else ""
-            self.status.write("STARTED", f"Starting training{resumed}", max_epoch=trainer.max_epochs)
+            self._announce_resume = bool(trainer.ckpt_path)  # loop state is restored after this hook
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._announce_resume and trainer.is_global_zero:
+            self._announce_resume = False
+            self.status.write("RUNNING", f"Training resumed at epoch {trainer.current_epoch}",
+                              max_epoch=trainer.max_epochs)
         self._epoch_start = time.time()
         self._loss_sum, self._loss_n = None, 0
 

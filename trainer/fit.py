@@ -45,6 +45,7 @@ class FitResult:
     skipped_samples: dict[str, int] = field(default_factory=dict)
     wall_time_s: float = 0.0
     status: str = "success"
+    initial_metrics: dict[str, float] = field(default_factory=dict)  # validation before training, when asked
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -192,6 +193,16 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
     if mlrun is not None:
         mlrun.cfg.tags.setdefault("results_dir", str(out.resolve()))
 
+    status.write("STARTED", "Starting training" + (f" from {resume}" if resume else ""), max_epoch=int(t.num_epochs))
+    initial: dict[str, float] = {}
+    if t.initial_validation and val_loader is not None and not resume:
+        initial = {k: float(v) for k, v in trainer.validate(module, val_loader, verbose=False)[0].items()}
+        if trainer.is_global_zero:
+            status.write("RUNNING", "Validation before training", epoch=-1, kpi=initial)
+            if not quiet:
+                shown = "  ".join(f"{k}={v:.4g}" for k, v in initial.items())
+                print(f"before training  {shown}", flush=True)
+        module.last_validated_epoch = None
     trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=resume or None,
                 weights_only=True)
     if recorder.failure is not None:  # Lightning swallowed an interrupt: never report it as a success
@@ -205,6 +216,7 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
         epochs_completed=len(recorder.history), history=recorder.history,
         mlflow_run_id=mlrun.run_id if mlrun else None, tracking_uri=mlrun.uri if mlrun else None,
         skipped_samples=_skipped(train_loader, val_loader), wall_time_s=round(time.time() - started, 2),
+        initial_metrics=initial,
     )
     if trainer.is_global_zero:
         final = recorder.history[-1] if recorder.history else {}

@@ -32,6 +32,14 @@ def default_tracking_uri(results_dir: str | Path) -> str:
     return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
 
 
+def artifact_location(uri: str) -> Optional[str]:
+    """For a SQLite store, artifacts go beside the database (MLflow's default would be ./mlruns in the current
+    directory); a tracking server decides for itself."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
 class MlflowRun:
     """One MLflow run, fault tolerant. Call `start()`, then log, then `end()`."""
 
@@ -54,7 +62,8 @@ class MlflowRun:
                 self._client.update_run(self.run_id, status="RUNNING")
                 return self.run_id
             exp = self._client.get_experiment_by_name(self.cfg.experiment_name)
-            exp_id = exp.experiment_id if exp is not None else self._client.create_experiment(self.cfg.experiment_name)
+            exp_id = exp.experiment_id if exp is not None else self._client.create_experiment(
+                self.cfg.experiment_name, artifact_location=artifact_location(self.uri))
             tags = dict(self.cfg.tags)
             if self.cfg.parent_run_id:
                 tags["mlflow.parentRunId"] = self.cfg.parent_run_id

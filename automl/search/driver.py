@@ -325,6 +325,11 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
 
     from automl.search.progress import TrialTable
 
+    # our trial table replaces Tune's console reporter; Tune's snapshot-frequency warning is about its own
+    # bookkeeping (we checkpoint every epoch on purpose)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
     table = TrialTable(space, parent, num_epochs)
     run_config = tune.RunConfig(
         name=EXPERIMENT, storage_path=str(storage),

@@ -60,6 +60,10 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from trainer.errors import NonFiniteLossError
     from trainer.tracking import TrackingConfig
 
+    import logging
+
+    for name in ("ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # "Checkpoint successfully created" per epoch
     trial_id = tune.get_context().get_trial_id()
     torch.set_num_threads(max(int(ctx.cpus_per_trial), 1))
     skill = get_skill(ctx.skill_name)

@@ -114,6 +114,9 @@ class DepthNetMono(Skill):
         last = result.history[-1] if result.history else {}
         shown = "  ".join(f"{k}={v:.4g}" for k, v in last.items() if k not in ("epoch", "lr"))
         print(f"\ntraining finished: {result.epochs_completed} epochs in {result.wall_time_s:.0f} s")
+        if result.initial_metrics:
+            before = "  ".join(f"{k}={v:.4g}" for k, v in result.initial_metrics.items())
+            print(f"  before training:  {before}")
         if shown:
             print(f"  final:            {shown}")
         if result.best_value is not None:

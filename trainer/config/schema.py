@@ -214,6 +214,7 @@ class TrainConfig:
     # (ours)
     accumulate_grad_batches: int = 1
     max_steps_per_epoch: Optional[int] = None  # cap on optimizer steps per epoch (quick runs)
+    initial_validation: bool = False  # validate once before training (recorded as epoch -1: the starting point)
     compile: bool = False  # torch.compile the model
     channels_last: bool = False  # channels_last memory format for the DPT head convolutions
     # TAO keys accepted, unused

@@ -1,0 +1,724 @@
+"""ONNX export of a trained Depth Anything V2 model, its validation, and the ONNX Runtime predictor.
+
+`export_onnx(spec)` writes `export.onnx_file` (default `<results_dir>/export/model.onnx`) and a JSON sidecar
+`<onnx_file>.json` that every later step reads (engine build, evaluation and inference on ONNX/TensorRT):
+
+- graph: input `image` float32 [B, 3, H, W] (RGB normalised with the training mean/std), output `depth` float32
+  [B, H, W] (metres for MetricDepthAnything, relative disparity for RelativeDepthAnything); batch dynamic
+  (`export.batch_size: -1`) or fixed; height/width fixed at `export.input_height/width` or dynamic
+  (`export.dynamic_hw: true`, multiples of 14); opset >= 17 so that LayerNorm stays one `LayerNormalization` op;
+  every resize takes explicit sizes (the model never uses float scale factors);
+- the depth range baked into a metric model comes from the checkpoint's own training spec; an export spec that
+  contradicts it (dataset.max_depth, model.model_type, model.encoder) is an error naming both values;
+- validation: `onnx.checker`, the graph checks above, and ONNX Runtime against PyTorch (fp32, CPU) on the same
+  random normalised images at the export size (and at a second size when height/width are dynamic); the numbers
+  go to the sidecar and a failure raises `ExportValidationError` (the file is kept, marked failed).
+
+`OnnxPredictor` runs such a file through ONNX Runtime behind the `trainer.runtime.Predictor` interface, so that
+evaluate/inference share their pre- and post-processing with the PyTorch path.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+from omegaconf import DictConfig
+
+from trainer.errors import CheckpointError, UserError
+
+__all__ = [
+    "INPUT_NAME",
+    "MIN_OPSET",
+    "OUTPUT_NAME",
+    "ExportResult",
+    "ExportSource",
+    "ExportValidationError",
+    "GraphReport",
+    "OnnxPredictor",
+    "default_onnx_path",
+    "deployed_spec",
+    "export_onnx",
+    "inspect_graph",
+    "random_normalised_images",
+    "read_sidecar",
+    "resolve_export_source",
+    "run_batched",
+    "sidecar_path",
+    "validate_onnx",
+]
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "depth"
+MIN_OPSET = 17  # LayerNormalization is an ONNX op from opset 17 on
+SIDECAR_FORMAT = "depth-automl/onnx-export/1"
+METRIC = "MetricDepthAnything"
+RELATIVE = "RelativeDepthAnything"
+PATCH = 14
+# Tolerances of the ONNX Runtime vs PyTorch check: metric models in metres (a fraction of the depth range),
+# relative models relative to the largest output value.
+METRIC_TOLERANCE = 1e-3  # x max_depth
+RELATIVE_TOLERANCE = 1e-3  # x max |output|
+
+Notice = Callable[[str], None]
+
+
+def _stderr_notice(message: str) -> None:
+    print(f"notice: {message}", file=sys.stderr)
+
+
+class ExportValidationError(UserError):
+    """The exported graph failed a check (checker, opset/LayerNormalization/Resize, or parity with PyTorch)."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Paths and sidecars
+# --------------------------------------------------------------------------------------------------------------
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """`model.onnx` -> `model.onnx.json` (also for engines: `model.engine` -> `model.engine.json`)."""
+    return Path(str(path) + ".json")
+
+
+def read_sidecar(path: str | Path, what: str = "ONNX file") -> dict[str, Any]:
+    """The JSON sidecar of an exported file; `UserError` naming both files when it is missing or unreadable."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        hint = ("it is written by `automl export` beside the ONNX file; export again (automl export -e SPEC "
+                "export.checkpoint=CKPT --force)" if what == "ONNX file" else
+                "it is written by `automl gen_trt_engine` beside the engine; build the engine again")
+        raise UserError(f"{side}: sidecar of the {what} {path} not found; it records the model type, depth range "
+                        f"and input size needed to use the file ({hint})")
+    try:
+        data = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{side}: cannot read the sidecar of {path} ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise UserError(f"{side}: expected a JSON object with a 'model' section (model_type, encoder, max_depth); "
+                        f"found {type(data).__name__} without it")
+    return data
+
+
+def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return p
+
+
+def default_onnx_path(spec: DictConfig) -> Path:
+    """`export.onnx_file`, else `<export.results_dir or results_dir/export>/model.onnx`."""
+    if spec.export.onnx_file:
+        return Path(spec.export.onnx_file)
+    return _export_dir(spec) / "model.onnx"
+
+
+def _export_dir(spec: DictConfig) -> Path:
+    return Path(spec.export.results_dir or Path(spec.results_dir) / "export")
+
+
+def _external_data_file(path: Path) -> Optional[Path]:
+    """The weights file the ONNX exporter writes beside a model over 2 GB (`<name>.data`), when present."""
+    data = Path(str(path) + ".data")
+    return data if data.is_file() else None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Which model to export: the checkpoint's own training spec wins, contradictions are errors
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportSource:
+    """What `export_onnx` builds: the spec the network is built from and what the checkpoint recorded."""
+
+    checkpoint: str
+    spec: DictConfig  # model section and depth range as trained
+    stored: Optional[dict]  # the training spec stored in the checkpoint (None for released weights)
+
+    @property
+    def is_metric(self) -> bool:
+        return self.spec.model.model_type == METRIC
+
+    @property
+    def max_depth(self) -> Optional[float]:
+        return float(self.spec.dataset.max_depth) if self.is_metric else None
+
+
+def resolve_export_source(spec: DictConfig, checkpoint: Optional[str], notice: Notice = _stderr_notice
+                          ) -> ExportSource:
+    """The spec to export `checkpoint` with.
+
+    Our Lightning checkpoints store their training spec: its model section and depth range are used. A spec value
+    that contradicts it is an error naming both: `dataset.max_depth` whenever the spec sets it (metric models), and
+    `model.model_type` / `model.encoder` when the spec sets them to something other than the schema default (a
+    default value cannot be told apart from an unset key, so it only gets a notice). Released checkpoints store
+    nothing: the spec describes the model, and metric models need `dataset.max_depth`.
+    """
+    from trainer.config import build_spec, to_plain
+    from trainer.config.schema import ModelConfig
+    from trainer.model import read_checkpoint_spec
+
+    if not checkpoint:
+        raise UserError("export.checkpoint: not set; expected the checkpoint to export (a .ckpt written by "
+                        "training, e.g. results/x/checkpoints/best.ckpt, or a released depth_anything_v2_vit*.pth)")
+    if not Path(checkpoint).exists():
+        raise CheckpointError(f"export.checkpoint: file not found: {checkpoint}")
+    stored = read_checkpoint_spec(checkpoint)
+    plain = to_plain(spec)
+    if not stored:
+        if plain["model"]["model_type"] == METRIC and plain["dataset"].get("max_depth") is None:
+            raise UserError(
+                f"dataset.max_depth: not set; {checkpoint} records no training spec (released weights), so the "
+                f"depth range baked into the exported MetricDepthAnything model must come from the spec: set "
+                f"dataset.max_depth to the value the weights were trained with (20 for the indoor/Hypersim "
+                f"metric models, 80 for the outdoor/VKITTI ones)")
+        return ExportSource(str(checkpoint), spec, None)
+
+    defaults = ModelConfig()
+    trained_model = dict(stored.get("model") or {})
+    trained_data = dict(stored.get("dataset") or {})
+    problems: list[str] = []
+    for key in ("model_type", "encoder"):
+        asked, trained = plain["model"].get(key), trained_model.get(key)
+        if trained is None or asked == trained:
+            continue
+        if asked != getattr(defaults, key):
+            problems.append(f"model.{key}: the export spec says {asked!r}, but {checkpoint} was trained as "
+                            f"{trained!r} (its stored training spec)")
+        else:
+            notice(f"model.{key}: using the checkpoint's {trained!r} (the spec has the default {asked!r})")
+    trained_type = trained_model.get("model_type", plain["model"]["model_type"])
+    trained_max = trained_data.get("max_depth")
+    asked_max = plain["dataset"].get("max_depth")
+    if trained_type == METRIC and asked_max is not None and trained_max is not None \
+            and not math.isclose(float(asked_max), float(trained_max), rel_tol=1e-6):
+        problems.append(
+            f"dataset.max_depth: the export spec says {float(asked_max):g}, but {checkpoint} was trained with "
+            f"max_depth {float(trained_max):g} (its stored training spec); the metric head outputs sigmoid * "
+            f"max_depth, so the exported model would give non-physical depths. Remove dataset.max_depth from the "
+            f"export spec or set it to {float(trained_max):g}")
+    if problems:
+        raise UserError("the export spec contradicts the checkpoint:\n" + "\n".join(f"  - {p}" for p in problems))
+    plain["model"] = {**plain["model"], **trained_model}
+    for key in ("min_depth", "max_depth"):
+        if trained_data.get(key) is not None:
+            plain["dataset"][key] = trained_data[key]
+    if trained_type == METRIC and plain["dataset"].get("max_depth") is None:
+        raise UserError(f"dataset.max_depth: {checkpoint} stores a training spec without max_depth for a "
+                        f"MetricDepthAnything model; set dataset.max_depth to the value it was trained with")
+    used = build_spec(plain, check_files=False, notice=lambda _m: None)
+    return ExportSource(str(checkpoint), used, stored)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Graph checks
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GraphReport:
+    """What the exported graph holds, as far as deployment cares."""
+
+    opset: int
+    node_count: int
+    layer_normalization: int  # LayerNormalization nodes (one per ViT norm when kept as one op)
+    resize: int
+    resize_with_scales: int  # Resize nodes fed by a non-empty `scales` input (we expect explicit `sizes`)
+    inputs: dict[str, list[Any]]  # name -> shape (int or symbolic name)
+    outputs: dict[str, list[Any]]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {name: {i: d for i, d in enumerate(shape) if isinstance(d, str)}
+                for name, shape in {**self.inputs, **self.outputs}.items()}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"opset": self.opset, "node_count": self.node_count, "layer_normalization_nodes":
+                self.layer_normalization, "resize_nodes": self.resize, "resize_with_scales": self.resize_with_scales,
+                "problems": list(self.problems)}
+
+
+def _shape(value_info: Any) -> list[Any]:
+    dims = []
+    for d in value_info.type.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(d.dim_param or "?")
+    return dims
+
+
+def inspect_graph(model: Any, *, min_opset: int = MIN_OPSET, expect_layer_norm: bool = True) -> GraphReport:
+    """Opset, LayerNormalization and Resize nodes, input/output shapes of an `onnx.ModelProto` (subgraphs and
+    local functions included). `problems` lists what deployment would suffer from: opset below `min_opset`, no
+    LayerNormalization node (the norms were decomposed into primitive ops, which TensorRT runs in reduced
+    precision), Resize nodes with a `scales` input (sizes must be explicit)."""
+    opset = max((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    initializers = {i.name for i in model.graph.initializer}
+    nodes: list[Any] = []
+
+    def walk(graph: Any) -> None:
+        for node in graph.node:
+            nodes.append(node)
+            for attr in node.attribute:
+                if attr.g is not None and attr.g.node:
+                    walk(attr.g)
+                for g in attr.graphs:
+                    walk(g)
+
+    walk(model.graph)
+    for fn in model.functions:
+        nodes.extend(fn.node)
+    ln = sum(1 for n in nodes if n.op_type == "LayerNormalization")
+    resizes = [n for n in nodes if n.op_type == "Resize"]
+    with_scales = [n for n in resizes if len(n.input) > 2 and n.input[2] != ""]
+    report = GraphReport(
+        opset=opset, node_count=len(nodes), layer_normalization=ln, resize=len(resizes),
+        resize_with_scales=len(with_scales),
+        inputs={i.name: _shape(i) for i in model.graph.input if i.name not in initializers},
+        outputs={o.name: _shape(o) for o in model.graph.output},
+    )
+    if opset < min_opset:
+        report.problems.append(f"opset {opset} < {min_opset}: LayerNormalization is not an op before opset 17")
+    if expect_layer_norm and ln == 0:
+        report.problems.append("no LayerNormalization node: the ViT norms were decomposed into primitive ops")
+    if with_scales:
+        names = ", ".join(n.name or "?" for n in with_scales[:5])
+        report.problems.append(f"{len(with_scales)} Resize node(s) with a scales input ({names}); expected explicit "
+                               f"sizes")
+    return report
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Validation: onnx.checker + ONNX Runtime vs PyTorch
+# --------------------------------------------------------------------------------------------------------------
+
+
+def random_normalised_images(shape: Sequence[int], mean: Sequence[float], std: Sequence[float], seed: int) -> torch.Tensor:
+    """Random RGB in [0, 1] normalised like the real input (the range the network sees)."""
+    g = torch.Generator().manual_seed(seed)
+    rgb = torch.rand(*shape, generator=g)
+    m = torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1)
+    return ((rgb - m) / s).contiguous()
+
+
+def validation_shapes(height: int, width: int, batch_size: int, dynamic_hw: bool) -> list[tuple[int, int, int, int]]:
+    """Input shapes the parity check runs: the export size (batch 2 when dynamic), plus, when anything is dynamic,
+    a second shape that exercises it (batch 1; another height/width when those are dynamic)."""
+    dynamic_batch = batch_size == -1
+    first = (2 if dynamic_batch else batch_size, 3, height, width)
+    shapes = [first]
+    if dynamic_hw:
+        w2 = width - 2 * PATCH if width > 3 * PATCH else width + PATCH
+        shapes.append((1 if dynamic_batch else batch_size, 3, height + 2 * PATCH, w2))
+    elif dynamic_batch:
+        shapes.append((1, 3, height, width))
+    return shapes
+
+
+def validate_onnx(onnx_file: str | Path, model: torch.nn.Module, shapes: Sequence[Sequence[int]], *,
+                  max_depth: Optional[float], mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
+    """Run `onnx_file` in ONNX Runtime (CPU) and `model` in PyTorch (fp32, CPU) on the same random normalised
+    images for every shape. Metric models (`max_depth` given) pass when max |difference| <= 1e-3 * max_depth
+    metres; relative ones when max |difference| <= 1e-3 * max |output|. Returns the numbers per shape."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    model = model.to("cpu").eval()
+    checks = []
+    for k, shape in enumerate(shapes):
+        x = random_normalised_images(shape, mean, std, seed=k)
+        with torch.inference_mode():
+            ref = model(x).float().numpy()
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+        entry: dict[str, Any] = {"input_shape": list(shape), "output_shape": list(got.shape)}
+        if tuple(got.shape) != tuple(ref.shape):
+            entry.update(passed=False, error=f"output shape {list(got.shape)} != PyTorch's {list(ref.shape)}")
+            checks.append(entry)
+            continue
+        diff = abs(got.astype("float64") - ref.astype("float64"))
+        scale = float(abs(ref).max())
+        max_abs = float(diff.max())
+        if max_depth is not None:
+            tolerance = METRIC_TOLERANCE * float(max_depth)
+            criterion = f"max_abs_diff <= {METRIC_TOLERANCE:g} x max_depth ({tolerance:.3g} m)"
+        else:
+            tolerance = RELATIVE_TOLERANCE * max(scale, 1e-12)
+            criterion = f"max_abs_diff <= {RELATIVE_TOLERANCE:g} x max|output| ({tolerance:.3g})"
+        entry.update(
+            max_abs_diff=max_abs,
+            mean_abs_diff=float(diff.mean()),
+            max_rel_diff=max_abs / max(scale, 1e-12),
+            output_max_abs=scale,
+            tolerance=tolerance,
+            criterion=criterion,
+            finite=bool(torch.isfinite(torch.from_numpy(got)).all()),
+        )
+        entry["passed"] = bool(entry["finite"] and max_abs <= tolerance)
+        checks.append(entry)
+    return {"runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider vs PyTorch {torch.__version__} fp32 CPU",
+            "checks": checks, "passed": all(c["passed"] for c in checks)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportResult:
+    """What `export_onnx` wrote and found."""
+
+    onnx_file: Path
+    sidecar: Path
+    meta: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return self.meta.get("validation", {}).get("status") == "passed"
+
+    def summary(self) -> str:
+        m = self.meta
+        lines = [f"exported {m['model']['model_type']} ({m['model']['encoder']}) to {self.onnx_file}",
+                 f"  opset {m['opset']}, input {m['input']['name']} {m['input']['shape']}, output "
+                 f"{m['output']['name']} {m['output']['shape']}",
+                 f"  LayerNormalization nodes: {m['graph']['layer_normalization_nodes']}, Resize nodes: "
+                 f"{m['graph']['resize_nodes']} (with scales: {m['graph']['resize_with_scales']})"]
+        for c in m["validation"]["onnxruntime"].get("checks", []):
+            if "max_abs_diff" in c:
+                lines.append(f"  onnxruntime vs PyTorch at {c['input_shape']}: max |diff| {c['max_abs_diff']:.3g} "
+                             f"(tolerance {c['tolerance']:.3g}) {'ok' if c['passed'] else 'FAILED'}")
+        lines.append(f"  validation: {m['validation']['status']}; sidecar {self.sidecar}")
+        return "\n".join(lines)
+
+
+def _to_plain(node: Any) -> Any:
+    """Plain containers from an OmegaConf node (plain values pass through)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
+           "onnxruntime": onnxruntime.__version__}
+    try:
+        import onnxscript
+
+        out["onnxscript"] = onnxscript.__version__
+    except Exception:  # noqa: BLE001 - optional
+        pass
+    return out
+
+
+def _export_device(spec: DictConfig, notice: Notice) -> torch.device:
+    if spec.export.on_cpu:
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        gpu = int(spec.export.gpu_id)
+        if gpu >= torch.cuda.device_count():
+            raise UserError(f"export.gpu_id: found {gpu}, but {torch.cuda.device_count()} CUDA device(s) are "
+                            f"visible; expected 0..{torch.cuda.device_count() - 1} or export.on_cpu=true")
+        return torch.device(f"cuda:{gpu}")
+    notice("no CUDA device: exporting on the CPU (export.on_cpu=true says so explicitly)")
+    return torch.device("cpu")
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    if path.suffix.lower() != ".onnx":
+        raise UserError(f"export.onnx_file: found {path}, expected a file name ending in .onnx")
+    if path.is_dir():
+        raise UserError(f"export.onnx_file: {path} is a folder; expected a file name ending in .onnx")
+    if path.exists() and not overwrite:
+        raise UserError(f"export.onnx_file: {path} already exists and export.overwrite is false; pass --force "
+                        f"(or export.overwrite=true) to replace it, or choose another export.onnx_file")
+    for stale in (path, sidecar_path(path), Path(str(path) + ".data")):
+        if stale.is_file():
+            stale.unlink()
+
+
+def _checked_opset(requested: int, notice: Notice) -> int:
+    if requested < MIN_OPSET:
+        notice(f"export.opset_version {requested} raised to {MIN_OPSET}: LayerNormalization is one ONNX op from "
+               f"opset 17 on (below it the norms are decomposed and run in reduced precision in TensorRT)")
+        return MIN_OPSET
+    return int(requested)
+
+
+def _torch_export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, opset: int, dynamic_batch: bool,
+                  dynamic_hw: bool) -> None:
+    """torch.onnx.export (the dynamo exporter) with fixed input/output names and symbolic batch/height/width."""
+    import warnings
+
+    from torch.export import Dim
+
+    axes: dict[int, Any] = {}
+    if dynamic_batch:
+        axes[0] = Dim("batch", min=1)
+    if dynamic_hw:
+        axes[2] = PATCH * Dim("patch_h", min=1)
+        axes[3] = PATCH * Dim("patch_w", min=1)
+    with warnings.catch_warnings():
+        # the exporter's own notes (opset 18 implementations converted down to 17, ...); the opset written is
+        # read back from the file and recorded in the sidecar
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model, (example,), None, dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            opset_version=opset, dynamic_shapes=(axes,) if axes else None, verbose=False, optimize=True)
+    if program is None:  # pragma: no cover - the dynamo exporter always returns a program
+        raise RuntimeError("torch.onnx.export returned no program")
+    program.save(str(path))  # weights go to <path>.data only when the model is over 2 GB
+
+
+def export_onnx(spec: DictConfig, *, notice: Notice = _stderr_notice, progress: bool = True) -> ExportResult:
+    """Export `export.checkpoint` to ONNX, validate it and write the sidecar; see the module docstring.
+
+    Raises `UserError` for problems with what the user gave (missing checkpoint, existing output without
+    `export.overwrite`, a spec contradicting the checkpoint) and `ExportValidationError` when the written graph
+    fails a check (the sidecar then says `validation.status: failed`).
+    """
+    import onnx
+
+    from trainer.callbacks import StatusFile
+    from trainer.model import build_model, load_weights
+
+    started = time.time()
+    e = spec.export
+    onnx_file = default_onnx_path(spec)
+    _check_target(onnx_file, bool(e.overwrite))
+    source = resolve_export_source(spec, e.checkpoint, notice)
+    used = source.spec
+    opset = _checked_opset(int(e.opset_version), notice)
+    height, width, batch = int(e.input_height), int(e.input_width), int(e.batch_size)
+    dynamic_batch, dynamic_hw = batch == -1, bool(e.dynamic_hw)
+    device = _export_device(spec, notice)
+
+    model = build_model(used, activation_checkpoint=False, channels_last=False)
+    load_weights(model, source.checkpoint, strict=True)
+    model.eval().to(device)
+    aug = (source.stored or {}).get("dataset", {}).get("val_dataset", {}).get("augmentation") \
+        or _to_plain(used.dataset.val_dataset.augmentation)
+    mean, std = list(aug.get("input_mean", [0.485, 0.456, 0.406])), list(aug.get("input_std", [0.229, 0.224, 0.225]))
+    example = random_normalised_images((2 if dynamic_batch else batch, 3, height, width), mean, std, seed=1234).to(device)
+    onnx_file.parent.mkdir(parents=True, exist_ok=True)
+    if progress:
+        print(f"exporting {source.checkpoint} -> {onnx_file} (opset {opset}, {device.type}, batch "
+              f"{'dynamic' if dynamic_batch else batch}, {height}x{width}{' dynamic' if dynamic_hw else ''})",
+              file=sys.stderr)
+    _torch_export(model, example, onnx_file, opset=opset, dynamic_batch=dynamic_batch, dynamic_hw=dynamic_hw)
+    export_seconds = time.time() - started
+
+    # checks
+    problems: list[str] = []
+    try:
+        onnx.checker.check_model(str(onnx_file))
+        checker = "passed"
+    except Exception as exc:  # noqa: BLE001 - any checker failure is reported, not raised raw
+        checker = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        problems.append(f"onnx.checker {checker}")
+    proto = onnx.load(str(onnx_file), load_external_data=False)
+    graph = inspect_graph(proto, min_opset=MIN_OPSET)
+    problems += graph.problems
+    if list(graph.inputs) != [INPUT_NAME] or list(graph.outputs) != [OUTPUT_NAME]:
+        problems.append(f"graph inputs {list(graph.inputs)} / outputs {list(graph.outputs)}; expected "
+                        f"[{INPUT_NAME!r}] / [{OUTPUT_NAME!r}]")
+    shapes = validation_shapes(height, width, batch, dynamic_hw)
+    parity = validate_onnx(onnx_file, model, shapes, max_depth=source.max_depth, mean=mean, std=std)
+    for c in parity["checks"]:
+        if not c["passed"]:
+            problems.append(f"onnxruntime differs from PyTorch at {c['input_shape']}: "
+                            + (c.get("error") or f"max |diff| {c['max_abs_diff']:.3g} > tolerance {c['tolerance']:.3g}"))
+
+    stored_data = (source.stored or {}).get("dataset", {})
+    m = used.model
+    meta: dict[str, Any] = {
+        "format": SIDECAR_FORMAT,
+        "onnx_file": str(onnx_file),
+        "onnx_data_file": str(_external_data_file(onnx_file)) if _external_data_file(onnx_file) else None,
+        "opset": graph.opset,
+        "requested_opset": int(e.opset_version),
+        "input": {"name": INPUT_NAME, "shape": graph.inputs.get(INPUT_NAME), "dtype": "float32",
+                  "layout": "NCHW RGB, (x/255 - mean) / std", "mean": mean, "std": std},
+        "output": {"name": OUTPUT_NAME, "shape": graph.outputs.get(OUTPUT_NAME), "dtype": "float32",
+                   "units": "metres" if source.is_metric else "relative disparity (affine-invariant)"},
+        "dynamic_axes": {k: {str(i): d for i, d in v.items()} for k, v in graph.dynamic_axes.items()},
+        "batch_size": batch,
+        "dynamic_batch": dynamic_batch,
+        "dynamic_hw": dynamic_hw,
+        "input_height": height,
+        "input_width": width,
+        "model": {
+            "model_type": m.model_type,
+            "encoder": m.encoder,
+            "custom": _to_plain(m.custom) if m.encoder == "custom" else None,
+            "is_metric": source.is_metric,
+            "max_depth": source.max_depth,
+            "min_depth": used.dataset.min_depth if source.is_metric else None,
+        },
+        "checkpoint": str(Path(source.checkpoint).resolve()),
+        "training_spec": None if source.stored is None else {
+            "min_depth": stored_data.get("min_depth"), "max_depth": stored_data.get("max_depth"),
+            "model_type": (source.stored.get("model") or {}).get("model_type"),
+            "encoder": (source.stored.get("model") or {}).get("encoder")},
+        "graph": graph.as_dict(),
+        "validation": {"status": "passed" if not problems else "failed", "checker": checker,
+                       "onnxruntime": parity, "problems": problems},
+        "export_device": str(device),
+        "export_seconds": round(export_seconds, 2),
+        "exported_at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "versions": _versions(),
+    }
+    side = write_json(sidecar_path(onnx_file), meta)
+    result = ExportResult(onnx_file, side, meta)
+    status = StatusFile(_export_dir(spec) / "status.json")
+    kpi = {f"max_abs_diff_{'x'.join(str(s) for s in c['input_shape'])}": c.get("max_abs_diff")
+           for c in parity["checks"]}
+    if problems:
+        status.write("FAILURE", "Export validation failed", problems=problems, onnx_file=str(onnx_file))
+        raise ExportValidationError(
+            f"{onnx_file}: the exported graph failed validation (kept for inspection; {side} says failed):\n"
+            + "\n".join(f"  - {p}" for p in problems))
+    status.write("SUCCESS", "Export finished", kpi=kpi, onnx_file=str(onnx_file), opset=graph.opset)
+    if progress:
+        print(result.summary())
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Running exported files (ONNX Runtime here, TensorRT in trainer.engine): shared helpers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def deployed_spec(spec: DictConfig, meta: Mapping[str, Any], source: str, *,
+                  fixed_size: Optional[tuple[int, int]], notice: Notice = _stderr_notice) -> DictConfig:
+    """The spec evaluate/inference run with for an exported file described by sidecar `meta`.
+
+    The model section and depth range come from the sidecar (they are baked into the file). When the file only
+    takes one height/width (`fixed_size`), `evaluate.input_height/width` and `inference.input_height/width` are set
+    to it, so that the evaluation transform resizes to exactly that size; a different size set in the spec is an
+    error naming both.
+    """
+    from trainer.config import build_spec, to_plain
+
+    plain = to_plain(spec)
+    model = meta["model"]
+    plain["model"]["model_type"] = model["model_type"]
+    plain["model"]["encoder"] = model["encoder"]
+    if model.get("custom"):
+        plain["model"]["custom"] = dict(model["custom"])
+    if model["model_type"] == METRIC and model.get("max_depth") is not None:
+        asked = plain["dataset"].get("max_depth")
+        if asked is None:
+            plain["dataset"]["max_depth"] = model["max_depth"]
+        elif not math.isclose(float(asked), float(model["max_depth"]), rel_tol=1e-6):
+            notice(f"dataset.max_depth={float(asked):g} masks the ground truth here; {source} outputs depths in "
+                   f"(0, {float(model['max_depth']):g}) m, the range it was trained and exported with")
+        if plain["dataset"].get("min_depth") is None and model.get("min_depth") is not None:
+            plain["dataset"]["min_depth"] = model["min_depth"]
+    if fixed_size is not None:
+        h, w = int(fixed_size[0]), int(fixed_size[1])
+        for section in ("evaluate", "inference"):
+            for key, value in (("input_height", h), ("input_width", w)):
+                asked = plain[section].get(key)
+                if asked is not None and int(asked) != value:
+                    raise UserError(f"{section}.{key}: found {asked}, but {source} takes only {h}x{w} inputs "
+                                    f"(exported without dynamic height/width); remove {section}.{key} or set it "
+                                    f"to {value}, or export again with export.dynamic_hw=true")
+                plain[section][key] = value
+    return build_spec(plain, check_files=False, notice=lambda _m: None)
+
+
+def run_batched(run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, *, min_batch: int = 1,
+                max_batch: Optional[int] = None) -> torch.Tensor:
+    """Call `run` on chunks of at most `max_batch` images; a chunk smaller than `min_batch` is padded by repeating
+    its last image and the padding's outputs are dropped (fixed-batch files take any number of images)."""
+    if images.shape[0] == 0:
+        raise ValueError("no images")
+    step = int(max_batch) if max_batch else images.shape[0]
+    outputs = []
+    for chunk in images.split(step):
+        n = chunk.shape[0]
+        if n < min_batch:
+            chunk = torch.cat([chunk, chunk[-1:].expand(min_batch - n, *chunk.shape[1:])])
+        outputs.append(run(chunk)[:n])
+    return torch.cat(outputs)
+
+
+def check_hw(shape: Sequence[int], low: Sequence[int], high: Sequence[int], source: str) -> None:
+    """Raise `UserError` when an input's height/width lie outside what the exported file accepts."""
+    h, w = int(shape[-2]), int(shape[-1])
+    if not (low[0] <= h <= high[0] and low[1] <= w <= high[1]):
+        raise UserError(f"input {h}x{w} is outside what {source} accepts ({low[0]}x{low[1]} .. {high[0]}x{high[1]}); "
+                        f"set evaluate/inference.input_height and input_width inside that range")
+
+
+@dataclass
+class OnnxPredictor:
+    """`trainer.runtime.Predictor` on ONNX Runtime: CUDAExecutionProvider when available, else the CPU."""
+
+    session: Any
+    is_metric: bool
+    description: str
+    min_batch: int = 1
+    max_batch: Optional[int] = None
+    fixed_size: Optional[tuple[int, int]] = None
+    source: str = ""
+
+    @classmethod
+    def from_spec(cls, spec: DictConfig, onnx_file: str, *, notice: Notice = _stderr_notice
+                  ) -> tuple["OnnxPredictor", DictConfig]:
+        """The predictor for `onnx_file` and the spec to evaluate/infer with (see `deployed_spec`)."""
+        import onnxruntime as ort
+
+        path = Path(onnx_file)
+        if not path.is_file():
+            raise UserError(f"onnx_file: file not found: {onnx_file}")
+        meta = read_sidecar(path)
+        if meta.get("validation", {}).get("status") == "failed":
+            notice(f"{sidecar_path(path)} records a failed validation: {meta['validation'].get('problems')}")
+        fixed = None if meta.get("dynamic_hw") else (int(meta["input_height"]), int(meta["input_width"]))
+        section = spec.evaluate if spec.evaluate.get("onnx_file") else spec.inference
+        gpu_ids = list(section.get("gpu_ids") or [0])
+        available = ort.get_available_providers()
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if "CUDAExecutionProvider" in available and torch.cuda.is_available():
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(gpu_ids[0]) if gpu_ids else 0}))
+        session = ort.InferenceSession(str(path), providers=providers)
+        names_in = [i.name for i in session.get_inputs()]
+        names_out = [o.name for o in session.get_outputs()]
+        if names_in != [INPUT_NAME] or names_out != [OUTPUT_NAME]:
+            raise UserError(f"{path}: inputs {names_in} / outputs {names_out}; expected [{INPUT_NAME!r}] / "
+                            f"[{OUTPUT_NAME!r}] as written by `automl export`")
+        batch = int(meta.get("batch_size", -1))
+        used = deployed_spec(spec, meta, str(path), fixed_size=fixed, notice=notice)
+        provider = session.get_providers()[0]
+        pred = cls(session=session, is_metric=bool(meta["model"]["is_metric"]),
+                   description=f"onnxruntime ({provider}) {path}",
+                   min_batch=1 if batch == -1 else batch, max_batch=None if batch == -1 else batch,
+                   fixed_size=fixed, source=str(path))
+        return pred, used
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.fixed_size is not None:
+            check_hw(images.shape, self.fixed_size, self.fixed_size, self.source)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            out = self.session.run([OUTPUT_NAME], {INPUT_NAME: x.detach().float().cpu().contiguous().numpy()})[0]
+            return torch.from_numpy(out).float()
+
+        return run_batched(run, images, min_batch=self.min_batch, max_batch=self.max_batch)
