@@ -67,8 +67,8 @@ LAYER_PRECISIONS = ("fp32", "fp16", "bf16")
 FP16_REFUSED_ENCODERS = ("vitl",)
 ENGINE_SIDECAR_FORMAT = "depth-automl/tensorrt-engine/1"
 INSTALL_HINT = (
-    "  - pip install tensorrt  (NVIDIA's wheels; on an index without them: pip install --extra-index-url "
-    "https://pypi.nvidia.com tensorrt), on a machine with an NVIDIA GPU and driver, then run this command again; or\n"
+    "  - pip install tensorrt --extra-index-url https://pypi.nvidia.com  (NVIDIA's wheels; needs an NVIDIA GPU and "
+    "driver), then run this command again; or\n"
     "  - run it inside an NGC container that ships TensorRT (e.g. nvcr.io/nvidia/pytorch:<yy.mm>-py3 or "
     "nvcr.io/nvidia/tensorrt:<yy.mm>-py3)"
 )
@@ -329,7 +329,8 @@ def _logger(trt: Any, verbose: bool = False) -> Any:
     global _LOGGER
     if _LOGGER is None:
         _LOGGER = trt.Logger(trt.Logger.WARNING)
-    _LOGGER.min_severity = trt.Logger.VERBOSE if verbose else trt.Logger.WARNING
+        trt.init_libnvinfer_plugins(_LOGGER, "")
+    _LOGGER.min_severity = trt.Logger.Severity.VERBOSE if verbose else trt.Logger.Severity.WARNING
     return _LOGGER
 
 

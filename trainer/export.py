@@ -44,6 +44,7 @@ __all__ = [
     "ExportValidationError",
     "GraphReport",
     "OnnxPredictor",
+    "check_hw",
     "default_onnx_path",
     "deployed_spec",
     "export_onnx",
@@ -53,7 +54,10 @@ __all__ = [
     "resolve_export_source",
     "run_batched",
     "sidecar_path",
+    "trained_augmentation",
     "validate_onnx",
+    "validation_shapes",
+    "write_json",
 ]
 
 INPUT_NAME = "image"
@@ -305,7 +309,8 @@ def inspect_graph(model: Any, *, min_opset: int = MIN_OPSET, expect_layer_norm: 
 # --------------------------------------------------------------------------------------------------------------
 
 
-def random_normalised_images(shape: Sequence[int], mean: Sequence[float], std: Sequence[float], seed: int) -> torch.Tensor:
+def random_normalised_images(shape: Sequence[int], mean: Sequence[float], std: Sequence[float],
+                             seed: int) -> torch.Tensor:
     """Random RGB in [0, 1] normalised like the real input (the range the network sees)."""
     g = torch.Generator().manual_seed(seed)
     rgb = torch.rand(*shape, generator=g)
@@ -404,6 +409,14 @@ class ExportResult:
         return "\n".join(lines)
 
 
+def trained_augmentation(stored: Optional[Mapping[str, Any]]) -> Optional[dict[str, Any]]:
+    """The evaluation-side augmentation section of a stored training spec (val_dataset's, else train_dataset's):
+    normalisation mean/std and crop size (whose short side is the evaluation input size); None without a spec."""
+    data = (stored or {}).get("dataset") or {}
+    aug = (data.get("val_dataset") or {}).get("augmentation") or (data.get("train_dataset") or {}).get("augmentation")
+    return dict(aug) if aug else None
+
+
 def _to_plain(node: Any) -> Any:
     """Plain containers from an OmegaConf node (plain values pass through)."""
     from omegaconf import OmegaConf
@@ -435,7 +448,7 @@ def _export_device(spec: DictConfig, notice: Notice) -> torch.device:
             raise UserError(f"export.gpu_id: found {gpu}, but {torch.cuda.device_count()} CUDA device(s) are "
                             f"visible; expected 0..{torch.cuda.device_count() - 1} or export.on_cpu=true")
         return torch.device(f"cuda:{gpu}")
-    notice("no CUDA device: exporting on the CPU (export.on_cpu=true says so explicitly)")
+    notice("no CUDA device visible: exporting on the CPU (export.on_cpu=true asks for that without this notice)")
     return torch.device("cpu")
 
 
@@ -447,6 +460,10 @@ def _check_target(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise UserError(f"export.onnx_file: {path} already exists and export.overwrite is false; pass --force "
                         f"(or export.overwrite=true) to replace it, or choose another export.onnx_file")
+
+
+def _remove_previous(path: Path) -> None:
+    """The files of an earlier export at `path` (graph, external weights, sidecar), once replacing it is decided."""
     for stale in (path, sidecar_path(path), Path(str(path) + ".data")):
         if stale.is_file():
             stale.unlink()
@@ -511,11 +528,13 @@ def export_onnx(spec: DictConfig, *, notice: Notice = _stderr_notice, progress: 
     model = build_model(used, activation_checkpoint=False, channels_last=False)
     load_weights(model, source.checkpoint, strict=True)
     model.eval().to(device)
-    aug = (source.stored or {}).get("dataset", {}).get("val_dataset", {}).get("augmentation") \
-        or _to_plain(used.dataset.val_dataset.augmentation)
+    trained_aug = trained_augmentation(source.stored)
+    aug = trained_aug or _to_plain(used.dataset.val_dataset.augmentation)
     mean, std = list(aug.get("input_mean", [0.485, 0.456, 0.406])), list(aug.get("input_std", [0.229, 0.224, 0.225]))
-    example = random_normalised_images((2 if dynamic_batch else batch, 3, height, width), mean, std, seed=1234).to(device)
+    example_shape = (2 if dynamic_batch else batch, 3, height, width)
+    example = random_normalised_images(example_shape, mean, std, seed=1234).to(device)
     onnx_file.parent.mkdir(parents=True, exist_ok=True)
+    _remove_previous(onnx_file)
     if progress:
         print(f"exporting {source.checkpoint} -> {onnx_file} (opset {opset}, {device.type}, batch "
               f"{'dynamic' if dynamic_batch else batch}, {height}x{width}{' dynamic' if dynamic_hw else ''})",
@@ -538,13 +557,19 @@ def export_onnx(spec: DictConfig, *, notice: Notice = _stderr_notice, progress: 
         problems.append(f"graph inputs {list(graph.inputs)} / outputs {list(graph.outputs)}; expected "
                         f"[{INPUT_NAME!r}] / [{OUTPUT_NAME!r}]")
     shapes = validation_shapes(height, width, batch, dynamic_hw)
-    parity = validate_onnx(onnx_file, model, shapes, max_depth=source.max_depth, mean=mean, std=std)
+    try:
+        parity = validate_onnx(onnx_file, model, shapes, max_depth=source.max_depth, mean=mean, std=std)
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime refusing the file is a validation failure, reported
+        parity = {"runtime": "onnxruntime CPUExecutionProvider", "checks": [], "passed": False,
+                  "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+        problems.append(f"onnxruntime could not run the file: {parity['error']}")
     for c in parity["checks"]:
         if not c["passed"]:
             problems.append(f"onnxruntime differs from PyTorch at {c['input_shape']}: "
-                            + (c.get("error") or f"max |diff| {c['max_abs_diff']:.3g} > tolerance {c['tolerance']:.3g}"))
+                            + (c.get("error") or f"max |diff| {c['max_abs_diff']:.3g} > tolerance "
+                                                 f"{c['tolerance']:.3g}"))
 
-    stored_data = (source.stored or {}).get("dataset", {})
+    stored_data = (source.stored or {}).get("dataset") or {}
     m = used.model
     meta: dict[str, Any] = {
         "format": SIDECAR_FORMAT,
@@ -575,6 +600,8 @@ def export_onnx(spec: DictConfig, *, notice: Notice = _stderr_notice, progress: 
             "min_depth": stored_data.get("min_depth"), "max_depth": stored_data.get("max_depth"),
             "model_type": (source.stored.get("model") or {}).get("model_type"),
             "encoder": (source.stored.get("model") or {}).get("encoder")},
+        # evaluate/inference on this file pre-process like the checkpoint path does (trainer.runtime)
+        "preprocessing": {"augmentation": trained_aug},
         "graph": graph.as_dict(),
         "validation": {"status": "passed" if not problems else "failed", "checker": checker,
                        "onnxruntime": parity, "problems": problems},
@@ -608,14 +635,22 @@ def deployed_spec(spec: DictConfig, meta: Mapping[str, Any], source: str, *,
                   fixed_size: Optional[tuple[int, int]], notice: Notice = _stderr_notice) -> DictConfig:
     """The spec evaluate/inference run with for an exported file described by sidecar `meta`.
 
-    The model section and depth range come from the sidecar (they are baked into the file). When the file only
+    The model section and depth range come from the sidecar (they are baked into the file), and so does the
+    training's pre-processing (normalisation, crop size) when the spec's split keeps the default augmentation, as
+    for checkpoints (`trainer.runtime.checkpoint_spec`). When the file only
     takes one height/width (`fixed_size`), `evaluate.input_height/width` and `inference.input_height/width` are set
     to it, so that the evaluation transform resizes to exactly that size; a different size set in the spec is an
     error naming both.
     """
-    from trainer.config import build_spec, to_plain
+    from trainer.config import build_spec, default_spec, to_plain
 
     plain = to_plain(spec)
+    trained_aug = (meta.get("preprocessing") or {}).get("augmentation")
+    if trained_aug:  # as trainer.runtime.checkpoint_spec: training's pre-processing unless the spec sets its own
+        default_aug = to_plain(default_spec())["dataset"]["test_dataset"]["augmentation"]
+        for split in ("test_dataset", "infer_dataset"):
+            if plain["dataset"][split].get("augmentation") == default_aug:
+                plain["dataset"][split]["augmentation"] = dict(trained_aug)
     model = meta["model"]
     plain["model"]["model_type"] = model["model_type"]
     plain["model"]["encoder"] = model["encoder"]

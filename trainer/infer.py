@@ -16,7 +16,7 @@ from trainer.runtime import build_predictor, predict_images, resize_prediction
 
 
 def colorize(depth: np.ndarray, *, metric: bool, cmap: str = "Spectral_r") -> np.ndarray:
-    """float [H,W] -> uint8 [H,W,3]. Near is warm for both kinds (metric depth is inverted first); the 2nd..98th
+    """float [H,W] -> uint8 [H,W,3]. Near is warm (red), far is cool (blue), for both kinds (metric depth is inverted first); the 2nd..98th
     percentiles of the valid values span the colour map so that one far outlier does not flatten the image."""
     import matplotlib
 
@@ -27,8 +27,7 @@ def colorize(depth: np.ndarray, *, metric: bool, cmap: str = "Spectral_r") -> np
         v = 1.0 / values[valid] if metric else values[valid]
         lo, hi = np.percentile(v, 2), np.percentile(v, 98)
         nearness[valid] = np.clip((v - lo) / max(hi - lo, 1e-12), 0, 1)
-    rgb = matplotlib.colormaps[cmap](1.0 - nearness)[..., :3] if cmap.endswith("_r") else \
-        matplotlib.colormaps[cmap](nearness)[..., :3]
+    rgb = matplotlib.colormaps[cmap](nearness)[..., :3]  # Spectral_r: near red, far blue
     rgb[~valid] = 0
     return (rgb * 255).astype(np.uint8)
 

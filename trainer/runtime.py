@@ -54,6 +54,12 @@ def checkpoint_spec(spec: DictConfig, checkpoint: str) -> DictConfig:
                          f"{stored['model'].get(key)!r}")
     plain["model"] = stored["model"]
     stored_data = stored.get("dataset", {})
+    given, trained = plain["dataset"].get("max_depth"), stored_data.get("max_depth")
+    if stored["model"].get("model_type") == "MetricDepthAnything" and given is not None and trained is not None \
+            and float(given) != float(trained):
+        raise UserError(f"dataset.max_depth={given} contradicts the checkpoint {checkpoint}, trained with "
+                        f"max_depth={trained} (its output is sigmoid * max_depth); remove dataset.max_depth or set "
+                        f"it to {trained}")
     for key in ("min_depth", "max_depth"):
         if plain["dataset"].get(key) is None:
             plain["dataset"][key] = stored_data.get(key)

@@ -7,6 +7,8 @@ the log, not the model). The deprecated `./mlruns` file store is never used: the
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import sys
 import time
@@ -116,7 +118,8 @@ class MlflowRun:
         if not self._ready():
             return
         try:
-            self._client.set_terminated(self.run_id, status=status)
+            with contextlib.redirect_stdout(io.StringIO()):  # MLflow prints "View run ..." links here
+                self._client.set_terminated(self.run_id, status=status)
         except Exception as exc:  # noqa: BLE001
             self._fail("end run", exc)
 

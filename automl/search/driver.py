@@ -330,7 +330,7 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-    table = TrialTable(space, parent, num_epochs)
+    table = TrialTable(space, num_epochs)
     run_config = tune.RunConfig(
         name=EXPERIMENT, storage_path=str(storage),
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
@@ -451,7 +451,59 @@ def finalize_winner(skill: Any, spec: DictConfig, winner: TrialRecord, results: 
     except Exception as exc:  # noqa: BLE001 - the search's results must survive a failing evaluation
         out["evaluation_error"] = f"{type(exc).__name__}: {exc}"
         print(f"warning: evaluating the winner failed: {exc}", file=sys.stderr)
+    out["export"] = export_winner(skill, trial_spec, Path(out["checkpoint"]), best_dir, opts.export)
+    tagged = ("mode", "onnx_file", "engine", "status")
+    parent.set_tags({f"automl.export.{k}": v for k, v in out["export"].items() if k in tagged})
+    for key in ("onnx_sidecar", "engine_sidecar"):  # the export's numbers beside the search's metrics
+        if out["export"].get(key) and Path(out["export"][key]).is_file():
+            parent.log_artifact(out["export"][key])
     return out
+
+
+def export_winner(skill: Any, trial_spec: DictConfig, checkpoint: Path, best_dir: Path, mode: str) -> dict[str, Any]:
+    """`automl.export`: none | onnx | engine | auto (engine when TensorRT can build here, else ONNX with one line
+    saying why the engine was skipped). Writes RESULTS_DIR/best/model.onnx (+ .json) and model.<precision>.engine;
+    failures are recorded in the returned dict, never raised (the search's results must survive them)."""
+    info: dict[str, Any] = {"mode": mode}
+    if mode == "none":
+        info["status"] = "skipped (automl.export=none)"
+        return info
+    build = mode == "engine"
+    if mode == "auto":
+        from trainer.engine import tensorrt_status
+
+        build, reason = tensorrt_status()
+        if not build:
+            info["engine_skipped"] = reason
+            print(f"automl.export=auto: TensorRT engine skipped ({reason}); exporting ONNX only", file=sys.stderr)
+    onnx_file = best_dir / "model.onnx"
+    try:
+        print(f"\nexporting the winner to {onnx_file}:")
+        export_spec = skill.with_overrides(trial_spec, {
+            "export.checkpoint": str(checkpoint), "export.onnx_file": str(onnx_file),
+            "export.results_dir": str(best_dir / "export"), "export.overwrite": True})
+        skill.export(export_spec)
+        info["onnx_file"] = str(onnx_file)
+        info["onnx_sidecar"] = str(onnx_file) + ".json"
+    except Exception as exc:  # noqa: BLE001
+        info["status"] = "failed"
+        info["error"] = f"export: {type(exc).__name__}: {exc}"
+        print(f"warning: exporting the winner failed: {exc}", file=sys.stderr)
+        return info
+    if build:
+        try:
+            result = skill.gen_trt_engine(skill.with_overrides(export_spec, {
+                "gen_trt_engine.onnx_file": str(onnx_file), "gen_trt_engine.results_dir": str(best_dir),
+                "gen_trt_engine.overwrite": True}))
+            info["engine"] = str(result.engine_file)
+            info["engine_sidecar"] = str(result.sidecar)
+        except Exception as exc:  # noqa: BLE001
+            info["status"] = "failed"
+            info["error"] = f"gen_trt_engine: {type(exc).__name__}: {exc}"
+            print(f"warning: building the winner's TensorRT engine failed: {exc}", file=sys.stderr)
+            return info
+    info["status"] = "exported"
+    return info
 
 
 def _print_paths(results: Path, summary: Mapping[str, Any]) -> None:
@@ -459,6 +511,10 @@ def _print_paths(results: Path, summary: Mapping[str, Any]) -> None:
     print(f"\nsearch finished in {summary['wall_time_s']:.0f} s: {summary['states']}")
     print(f"  winner:        {w.get('trial_id')}  {summary['objective']['metric']} = {w.get('best')}")
     print(f"  checkpoint:    {w.get('checkpoint')}")
+    exported = w.get("export") or {}
+    for key, label in (("onnx_file", "ONNX"), ("engine", "engine")):
+        if exported.get(key):
+            print(f"  {label + ':':<14} {exported[key]}")
     print(f"  summary:       {results / 'summary.json'}")
     print(f"  MLflow:        automl ui {results}   (parent run {summary['mlflow']['parent_run_id']})")
     print(f"  Optuna study:  optuna-dashboard {summary['optuna_storage']}")

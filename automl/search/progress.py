@@ -17,15 +17,17 @@ from automl.search.guards import PRUNE_KEY, is_finite_number
 
 
 class TrialTable(Callback):
-    def __init__(self, space: Any, parent: Any, num_epochs: int, stream: Any = None):
+    def __init__(self, space: Any, num_epochs: int):
         self.space = space
-        self.parent = parent
         self.num_epochs = num_epochs
-        self.stream = stream or sys.stdout
         self.rows: dict[str, dict[str, Any]] = {}
         self._last_draw = 0.0
         self._drawn_lines = 0
         self._last_summary = time.time()
+
+    @property
+    def stream(self) -> Any:
+        return sys.stdout  # looked up at each write: Ray pickles callbacks with the experiment state
 
     # ---- Tune hooks ---------------------------------------------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -4,6 +4,8 @@ found again by its `trial_id` tag so that retries and resumes never duplicate it
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 from typing import Any, Mapping, Optional
 
@@ -82,7 +84,8 @@ class ParentRun:
                 client.set_tag(run_id, "automl.winner", "true")
             final = {"error": "FAILED", "pruned": "KILLED"}.get(state, "FINISHED")
             if client.get_run(run_id).info.status != final:
-                client.set_terminated(run_id, status=final)
+                with contextlib.redirect_stdout(io.StringIO()):  # MLflow prints "View run ..." links here
+                    client.set_terminated(run_id, status=final)
         except Exception as exc:  # noqa: BLE001
             self.run.failures.append(f"trial {trial_id}: {exc}")
 

@@ -64,7 +64,10 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     for name in ("ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)  # "Checkpoint successfully created" per epoch
+    import ray
+
     trial_id = tune.get_context().get_trial_id()
+    node_id = ray.get_runtime_context().get_node_id()
     torch.set_num_threads(max(int(ctx.cpus_per_trial), 1))
     skill = get_skill(ctx.skill_name)
     out = Path(ctx.trials_dir) / trial_id
@@ -86,8 +89,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                               enabled=ctx.tracking_uri is not None)
 
     def report(epoch: int, metrics: dict[str, float], checkpoint_path: Optional[str]) -> None:
-        payload = {k: float(v) for k, v in metrics.items()}
+        payload: dict[str, Any] = {k: float(v) for k, v in metrics.items()}
         payload["epoch"] = int(epoch)
+        payload["node_id"] = node_id  # where the trial ran (summary.json)
         if checkpoint_path:
             with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
                 target = Path(tmp) / "last.ckpt"

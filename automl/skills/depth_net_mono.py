@@ -39,6 +39,7 @@ def demo_spec_tree(results_dir: str = "results/demo") -> dict[str, Any]:
             "num_epochs": 8,
             "seed": 0,
             "checkpoint_interval": 1,
+            "initial_validation": True,
             "clip_grad_norm": 1.0,
             "optim": {"lr": 5e-4, "head_lr_multiplier": 2.0, "weight_decay": 0.01, "lr_scheduler": "LambdaLR",
                       "warmup_steps": 20},

@@ -236,10 +236,11 @@ def random_camera(scene: Scene, rng: np.random.Generator, size: tuple[int, int])
 def _random_pose(scene: Scene, rng: np.random.Generator, size: tuple[int, int]) -> Camera:
     W, H, D = scene.size
     h, w = size
-    hfov = math.radians(float(rng.uniform(55, 70)))
+    hfov = math.radians(float(rng.uniform(56, 62)))  # about NYU's Kinect (58 deg)
     fx = (w / 2) / math.tan(hfov / 2)
     for _ in range(100):
-        pos = np.array([rng.uniform(0.3, W - 0.3), rng.uniform(0.9, min(1.8, H - 0.3)), rng.uniform(0.3, D - 0.3)])
+        # a hand-held camera at eye/chest height, as in NYU: this prior is what makes the floor's perspective a cue
+        pos = np.array([rng.uniform(0.3, W - 0.3), rng.uniform(1.2, min(1.6, H - 0.3)), rng.uniform(0.3, D - 0.3)])
         if not _inside_any(scene, pos, margin=0.25):
             break
     target = pos
@@ -249,7 +250,7 @@ def _random_pose(scene: Scene, rng: np.random.Generator, size: tuple[int, int]) 
             break
     f = target - pos
     yaw = math.atan2(f[0], f[2]) + float(rng.normal(0, 0.1))
-    pitch = float(np.clip(math.atan2(f[1], np.linalg.norm(f[[0, 2]])) + rng.normal(0, 0.05), -0.6, 0.15))
+    pitch = float(np.clip(rng.normal(-0.15, 0.08), -0.35, 0.05))  # slightly down, rarely up
     roll = float(rng.normal(0, 0.03))
     fwd = np.array([math.sin(yaw) * math.cos(pitch), math.sin(pitch), math.cos(yaw) * math.cos(pitch)])
     right = np.cross(fwd, [0.0, 1.0, 0.0])
