@@ -123,6 +123,10 @@ def _run_configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
     g.add_argument("--scheduler", choices=("asha", "hyperband", "median", "none"),
                    help="early stopping of losing trials (default asha)")
+    g.add_argument("--sampler", choices=("tpe", "random", "gp", "grid"),
+                   help="how trials are proposed (default tpe; gp = Bayesian, grid = every combination)")
+    g.add_argument("--budget-epochs", type=int, metavar="N",
+                   help="stop the search once its trials have trained N epochs in total")
     g.add_argument("--search-space", metavar="FILE", help="search space YAML (default search_spaces/SKILL.yaml)")
     g.add_argument("--objective", metavar="METRIC", help="e.g. val/loss (min) or val/d1 (max)")
     g.add_argument("--address", metavar="auto|HOST:PORT", help="join an existing Ray cluster (see docs/multinode.md)")
@@ -140,6 +144,7 @@ def _run_run(args: argparse.Namespace) -> int:
     opts = SearchOptions.from_spec(
         spec, num_trials=args.num_trials, max_concurrent=args.max_concurrent, gpus_per_trial=args.gpus_per_trial,
         cpus_per_trial=args.cpus_per_trial, scheduler=args.scheduler, search_space=args.search_space,
+        sampler=args.sampler, budget_epochs=args.budget_epochs,
         metric=args.objective, address=args.address, storage_path=args.storage_path, seed=args.seed,
         tracking_uri=_tracking_uri(args) or spec.automl.tracking_uri, resume=args.resume)
     _check_search_flags(opts)
@@ -158,6 +163,8 @@ def _check_search_flags(opts) -> None:
         raise UserError(f"--gpus-per-trial: expected >= 0, found {opts.gpus_per_trial}")
     if opts.cpus_per_trial <= 0:
         raise UserError(f"--cpus-per-trial: expected > 0, found {opts.cpus_per_trial}")
+    if opts.budget_epochs is not None and opts.budget_epochs < 1:
+        raise UserError(f"--budget-epochs: expected at least 1, found {opts.budget_epochs}")
 
 
 def _train_configure(p: argparse.ArgumentParser) -> None:

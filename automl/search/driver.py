@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
+from ray.tune import Stopper
 
 from automl.search.guards import PRUNE_KEY, GuardedOptunaSearch, build_scheduler, is_finite_number
 from automl.search.space import SearchSpace, load_search_space
@@ -62,6 +63,8 @@ class SearchOptions:
     mode: Optional[str]
     export: str
     resume: bool = False
+    sampler: str = "tpe"
+    budget_epochs: Optional[int] = None
 
     @classmethod
     def from_spec(cls, spec: DictConfig, **flags: Any) -> "SearchOptions":
@@ -71,7 +74,7 @@ class SearchOptions:
                       reduction_factor=a.reduction_factor, max_failures=a.max_failures, seed=a.seed,
                       address=a.address, storage_path=a.storage_path, tracking_uri=a.tracking_uri,
                       experiment_name=a.experiment_name, search_space=a.search_space, metric=a.objective,
-                      mode=a.mode, export=a.export)
+                      mode=a.mode, export=a.export, sampler=a.sampler, budget_epochs=a.budget_epochs)
         values.update({k: v for k, v in flags.items() if v is not None})
         return cls(**values)
 
@@ -332,6 +335,7 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
 
     table = TrialTable(space, num_epochs)
     run_config = tune.RunConfig(
+        stop=EpochBudget(opts.budget_epochs) if opts.budget_epochs else None,
         name=EXPERIMENT, storage_path=str(storage),
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -346,7 +350,7 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
         searcher = GuardedOptunaSearch(
             space=space, metric=space.metric, mode=space.mode,
             points_to_evaluate=[baseline, *space.initial_points] if baseline else list(space.initial_points) or None,
-            sampler=optuna.samplers.TPESampler(seed=opts.seed), storage=study_storage,
+            sampler=build_sampler(opts.sampler, space, opts.seed), storage=study_storage,
             study_name=f"search-{results.name}")
         scheduler = build_scheduler(opts.scheduler, metric=space.metric, mode=space.mode, max_t=num_epochs,
                                     grace_period=opts.grace_period, reduction_factor=opts.reduction_factor)
@@ -398,6 +402,39 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
     parent.end("FINISHED")
     _print_paths(results, summary)
     return summary
+
+
+def build_sampler(name: str, space: SearchSpace, seed: int) -> Any:
+    """tpe (default) | random | gp (TAO-style Bayesian: Gaussian process + expected improvement) | grid."""
+    import optuna
+
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "grid":
+        bad = [p.name for p in space.params if p.type != "categorical" or p.when]
+        if bad:
+            raise UserError(f"automl.sampler=grid needs every parameter to be an unconditional categorical list of "
+                            f"values; found ranges or conditions for: {', '.join(bad)} (in {space.source})")
+        return optuna.samplers.GridSampler({p.name: list(p.choices) for p in space.params}, seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+class EpochBudget(Stopper):
+    """Tune stopper: end the whole search once its trials have trained `budget` epochs in total (every reported
+    epoch counts, including those of trials the scheduler stopped later and of trials that diverged)."""
+
+    def __init__(self, budget: int):
+        self.budget = int(budget)
+        self.spent: dict[str, int] = {}
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self.spent[trial_id] = max(self.spent.get(trial_id, 0), int(result.get("training_iteration", 0)))
+        return False
+
+    def stop_all(self) -> bool:
+        return sum(self.spent.values()) >= self.budget
 
 
 def _trial_seconds(r: TrialRecord) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -92,6 +93,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         payload: dict[str, Any] = {k: float(v) for k, v in metrics.items()}
         payload["epoch"] = int(epoch)
         payload["node_id"] = node_id  # where the trial ran (summary.json)
+        payload["reported_at"] = time.time()  # wall clock, to order epochs of concurrent trials (anytime curves)
         if checkpoint_path:
             with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
                 target = Path(tmp) / "last.ckpt"
@@ -113,5 +115,5 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     try:
         skill.fit(spec, report, tracking=tracking, progress=False, quiet=True, callbacks=callbacks)
     except NonFiniteLossError as exc:
-        tune.report({ctx.metric: None, PRUNE_KEY: exc.reason, "trial_state": "pruned",
+        tune.report({ctx.metric: None, PRUNE_KEY: exc.reason, "trial_state": "pruned", "reported_at": time.time(),
                      "diverged_step": exc.step, "diverged_epoch": exc.epoch, "diverged_what": exc.what})

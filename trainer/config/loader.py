@@ -499,6 +499,11 @@ def _validate_values(spec: DictConfig, action: Optional[str], origin_of: Callabl
     sch = _one_of(str(a.scheduler).lower(), schema.SCHEDULERS, "automl.scheduler", P, origin_of("automl.scheduler"))
     if sch:
         spec.automl.scheduler = sch
+    smp = _one_of(str(a.sampler).lower(), schema.SAMPLERS, "automl.sampler", P, origin_of("automl.sampler"))
+    if smp:
+        spec.automl.sampler = smp
+    if a.budget_epochs is not None and a.budget_epochs < 1:
+        bad("automl.budget_epochs", f"found {a.budget_epochs}, expected an integer >= 1 or null")
     _one_of(a.export, schema.AUTOML_EXPORT, "automl.export", P, origin_of("automl.export"))
     if a.mode is not None:
         _one_of(a.mode, ("min", "max"), "automl.mode", P, origin_of("automl.mode"))

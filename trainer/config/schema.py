@@ -34,6 +34,7 @@ GT_TYPES = ("depth", "disparity")
 TRT_DATA_TYPES = ("BF16", "FP32", "FP16")
 AUTOML_POLICIES = ("auto", "off")
 SCHEDULERS = ("asha", "hyperband", "median", "none")
+SAMPLERS = ("tpe", "random", "gp", "grid")
 AUTOML_EXPORT = ("auto", "engine", "onnx", "none")
 
 
@@ -325,6 +326,8 @@ class AutoMLConfig:
     gpus_per_trial: Optional[float] = None  # default: 1 when GPUs exist, else 0
     cpus_per_trial: float = 1.0
     scheduler: str = "asha"
+    sampler: str = "tpe"  # tpe | random | gp (Bayesian, Gaussian process) | grid (every combination of choices)
+    budget_epochs: Optional[int] = None  # stop the search once trials have trained this many epochs in total
     grace_period: int = 1  # epochs before ASHA/median may stop a trial
     reduction_factor: int = 3
     max_failures: int = 1  # retries of a trial whose worker crashed (from its last checkpoint)
