@@ -10,7 +10,7 @@ help:
 	@echo "make demo   install (if needed) and run the embedded demo search on synthetic scenes (CPU, minutes)"
 	@echo "make test   install (if needed) and run the whole test suite"
 	@echo "make test-fast   the suite without the slow end-to-end tests"
-	@echo "make bench  run the CPU smoke mode of every benchmark (GPU numbers: see docs/benchmarks.md)"
+	@echo "make bench  the CPU smoke mode of every benchmark; on a GPU machine also the GPU tables (docs/benchmarks.md)"
 
 install: $(STAMP)
 
@@ -33,8 +33,15 @@ test: install
 test-fast: install
 	$(PY) -m pytest -m "not slow"
 
+BENCH_OUT ?= results/bench
 bench: install
 	$(PY) -m pytest tests -k benchmark_smoke
+	@if $(PY) -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then \
+		$(PY) benchmarks/train_throughput.py --out $(BENCH_OUT)/throughput.json && \
+		$(PY) benchmarks/dataloader.py --workers 8,15 --also-no-color --gpu-json $(BENCH_OUT)/throughput.json \
+			--out $(BENCH_OUT)/dataloader.json && \
+		$(PY) benchmarks/search_overhead.py --out $(BENCH_OUT)/search.json; \
+	else echo "no GPU here: ran the CPU smoke modes; the GPU tables and their commands are in docs/benchmarks.md"; fi
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

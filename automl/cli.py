@@ -1,8 +1,8 @@
 """`automl <action> [--skill depth_net_mono] [-e SPEC.yaml] [dotted.key=value ...]`
 
 Every action reads one YAML spec (TAO depth_net keys work) plus dotted overrides. Errors in what the user gave
-(spec, data, checkpoint, arguments) are printed without a traceback and exit with status 2; a training run
-whose loss went NaN/inf exits with status 3.
+(spec, data, checkpoint, arguments) are printed without a traceback and exit with status 2, and so is running out
+of (GPU) memory, with the settings that fix it; a training run whose loss went NaN/inf exits with status 3.
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ def _run_configure(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("search (each also settable in the spec's automl section)")
     g.add_argument("--num-trials", type=int, help="number of trials (automl.num_trials)")
     g.add_argument("--max-concurrent", type=int, help="trials at a time (default: what the cluster holds)")
-    g.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions pack small encoders on one GPU, "
-                                                        ">1 runs DDP inside a trial (default 1 with GPUs, else 0)")
+    g.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions pack small encoders on one GPU "
+                                                        "(default 1 with GPUs, else 0)")
     g.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
     g.add_argument("--scheduler", choices=("asha", "hyperband", "median", "none"),
                    help="early stopping of losing trials (default asha)")
@@ -244,6 +244,41 @@ def _gen_trt_engine_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results_dir", metavar="RESULTS_DIR", help="the results_dir of a finished `automl run`")
+    p.add_argument("--num-images", type=int, default=4,
+                   help="validation images shown with the winner's predictions (default 4; 0 leaves them out)")
+    p.add_argument("--out", metavar="DIR", help="where to write report.html and the PNGs (default RESULTS_DIR/report)")
+
+
+def _report_run(args: argparse.Namespace) -> int:
+    from automl.report import write_report
+    from trainer.errors import UserError
+
+    if args.num_images < 0:
+        raise UserError(f"--num-images: expected 0 or more, found {args.num_images}")
+    report = write_report(args.results_dir, num_images=args.num_images, out_dir=args.out,
+                          predictions=args.num_images > 0)
+    for key, note in report.notes.items():
+        print(f"{key}: {note}", file=sys.stderr)
+    print(f"wrote {report.html} ({sum(1 for f in report.figures if f.png)} figures, PNGs beside it)")
+    return 0
+
+
+def _ui_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results_dir", metavar="RESULTS_DIR", help="the results_dir of `automl run` (or `automl off`)")
+    p.add_argument("--port", type=int, default=None,
+                   help="port of the UI (default: the first free one of 5000..5019; 0: any free port)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default 127.0.0.1, this machine only; 0.0.0.0 opens it to the network)")
+
+
+def _ui_run(args: argparse.Namespace) -> int:
+    from automl.ui import serve
+
+    return serve(args.results_dir, host=args.host, port=args.port)
+
+
 ACTIONS: list[Action] = [
     Action("synth", "generate synthetic RGB-D scenes (rooms with objects, exact depth) for demos and tests",
            "automl synth --out data/synth --num 300 --size 240x320 --seed 0 --layout nyu",
@@ -276,6 +311,15 @@ ACTIONS: list[Action] = [
            "automl gen_trt_engine -e experiments/depth_net_mono/gen_trt_engine.yaml "
            "gen_trt_engine.onnx_file=results/x/export/model.onnx",
            _gen_trt_engine_configure, _gen_trt_engine_run),
+    Action("report", "the HTML report of a finished search (written by `automl run` too): curves, Optuna plots, "
+                     "leaderboard, the winner's predictions",
+           "automl report results/demo                 # writes results/demo/report/report.html\n"
+           "automl report results/demo --num-images 8 --out /tmp/report",
+           _report_configure, _report_run, uses_spec=False),
+    Action("ui", "the MLflow UI on a search's store (127.0.0.1); prints the URL of the search's parent run",
+           "automl ui results/demo                     # then open the printed URL; Ctrl-C stops it\n"
+           "automl ui results/demo --port 5001",
+           _ui_configure, _ui_run, uses_spec=False),
 ]
 
 
@@ -299,11 +343,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """`parser.parse_args`, naming the nearest valid action or option when one is unknown (exit status 2)."""
+    import difflib
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = [a.name for a in ACTIONS]
+    if argv and not argv[0].startswith("-") and argv[0] not in names:
+        close = difflib.get_close_matches(argv[0], names, n=1, cutoff=0.5)
+        parser.error(f"unknown action {argv[0]!r}" + (f"; did you mean '{close[0]}'?" if close else "")
+                     + f" (actions: {', '.join(names)})")
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        action = getattr(args, "action", None)
+        subs = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+        target = subs.get(action, parser)
+        options = [o for a in target._actions for o in a.option_strings]
+        hints = []
+        for item in extras:
+            name = item.split("=", 1)[0]
+            close = difflib.get_close_matches(name, options, n=1, cutoff=0.6) if item.startswith("-") else []
+            if close:
+                hints.append(f"did you mean {close[0]} (for {name})?")
+        target.error(f"unrecognized arguments: {' '.join(extras)}" + ("; " + " ".join(hints) if hints else "")
+                     + (f" (automl {action} --help lists its options)" if action else ""))
+    return args
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from trainer.errors import NonFiniteLossError, UserError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not getattr(args, "action", None):
         parser.print_help()
         return EXIT_USER_ERROR
@@ -315,6 +386,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except NonFiniteLossError as exc:
         print(f"error: training diverged: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
+    except Exception as exc:
+        import torch
+
+        if not isinstance(exc, torch.OutOfMemoryError):
+            raise
+        from trainer.errors import out_of_memory_message
+
+        print(f"error: out of memory: {out_of_memory_message(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,10 +1,90 @@
-"""Fault-injection hooks for the test suite. Nothing here runs unless a test sets the hook's environment variable
-(see `automl.search.trial.INJECT_ENV`); no spec key or CLI flag reaches it."""
+"""Fault-injection hooks for the test suite.
+
+Nothing here runs unless a test sets one of the environment variables below before `automl run`; no spec key or CLI
+flag reaches them. The search driver reads them once (`read_fault_hooks`) and hands them to every trial in its
+`TrialContext`; each trial then adds the Lightning callbacks of the hooks aimed at it (`fault_callbacks`).
+
+Every value is "TRIAL_INDEX:WHEN", TRIAL_INDEX being the trial's sequence number (order of first start, stable
+across retries and resumes):
+
+    AUTOML_TESTING_INJECT_NONFINITE="1:5"   NaN written into a weight before optimizer step 5 of trial 1: the next
+                                            loss is NaN, as in a diverging run (the guard must prune at step 5)
+    AUTOML_TESTING_KILL_WORKER="0:1"        SIGKILL of trial 0's worker process in the middle of epoch 1 (after
+                                            the first optimizer step of that epoch; the checkpoint of epoch 0 has
+                                            been reported); first attempt only, so that the retry can finish
+    AUTOML_TESTING_OUT_OF_MEMORY="2:3"      torch.OutOfMemoryError at optimizer step 3 of trial 2, as a GPU that
+                                            cannot hold the batch raises it
+"""
 
 from __future__ import annotations
 
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
 import pytorch_lightning as pl
 import torch
+
+NONFINITE_ENV = "AUTOML_TESTING_INJECT_NONFINITE"
+KILL_WORKER_ENV = "AUTOML_TESTING_KILL_WORKER"
+OUT_OF_MEMORY_ENV = "AUTOML_TESTING_OUT_OF_MEMORY"
+
+# hook kind -> (environment variable, what WHEN counts)
+HOOKS = {
+    "nonfinite": (NONFINITE_ENV, "step"),
+    "kill_worker": (KILL_WORKER_ENV, "epoch"),
+    "out_of_memory": (OUT_OF_MEMORY_ENV, "step"),
+}
+
+KILLED_MARKER = ".testing-worker-killed"  # in the trial's results folder: the kill happened once already
+SIMULATED_OOM_MESSAGE = ("CUDA out of memory. Tried to allocate 2.00 GiB (simulated by the test hook "
+                         f"{OUT_OF_MEMORY_ENV})")
+
+
+@dataclass(frozen=True)
+class FaultHook:
+    kind: str  # nonfinite | kill_worker | out_of_memory
+    trial_index: int
+    at: int  # optimizer step (nonfinite, out_of_memory) or epoch (kill_worker)
+
+
+def read_fault_hooks(environ: Optional[Mapping[str, str]] = None) -> tuple[FaultHook, ...]:
+    """The hooks set in `environ` (default: the process environment); a malformed value is an error naming it."""
+    from trainer.errors import UserError
+
+    environ = os.environ if environ is None else environ
+    hooks = []
+    for kind, (var, unit) in HOOKS.items():
+        raw = environ.get(var)
+        if not raw:
+            continue
+        parts = raw.split(":")
+        try:
+            index, at = (int(p) for p in parts)
+            if index < 0 or at < 0:
+                raise ValueError
+        except ValueError:
+            raise UserError(f"{var}={raw!r}: expected TRIAL_INDEX:{unit.upper()} with two integers >= 0, "
+                            f"e.g. 1:3 (a test hook; unset it for real searches)") from None
+        hooks.append(FaultHook(kind, index, at))
+    return tuple(hooks)
+
+
+def fault_callbacks(hooks: Sequence[FaultHook], trial_index: int, trial_dir: str | Path) -> list[pl.Callback]:
+    """The Lightning callbacks of the hooks aimed at trial number `trial_index`."""
+    out: list[pl.Callback] = []
+    for h in hooks:
+        if h.trial_index != trial_index:
+            continue
+        if h.kind == "nonfinite":
+            out.append(PoisonWeightsAtStep(h.at))
+        elif h.kind == "out_of_memory":
+            out.append(OutOfMemoryAtStep(h.at))
+        elif h.kind == "kill_worker" and not (Path(trial_dir) / KILLED_MARKER).exists():
+            out.append(KillWorkerInEpoch(h.at, Path(trial_dir) / KILLED_MARKER))
+    return out
 
 
 class PoisonWeightsAtStep(pl.Callback):
@@ -19,3 +99,31 @@ class PoisonWeightsAtStep(pl.Callback):
             with torch.no_grad():
                 first = next(p for p in pl_module.parameters() if p.requires_grad)
                 first.view(-1)[0] = float("nan")
+
+
+class OutOfMemoryAtStep(pl.Callback):
+    """Before optimizer step `step`, raise `torch.OutOfMemoryError` (what CUDA raises when a batch does not fit)."""
+
+    def __init__(self, step: int):
+        self.step = int(step)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise torch.OutOfMemoryError(SIMULATED_OOM_MESSAGE)
+
+
+class KillWorkerInEpoch(pl.Callback):
+    """After the first optimizer step of epoch `epoch`, SIGKILL this process (the trial's Ray worker): a crash in
+    the middle of an epoch, after the previous epoch's checkpoint was reported. `marker` is written first, so that
+    the retried trial is not killed again."""
+
+    def __init__(self, epoch: int, marker: Path):
+        self.epoch = int(epoch)
+        self.marker = Path(marker)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and not self.marker.exists():
+            self.marker.parent.mkdir(parents=True, exist_ok=True)
+            self.marker.write_text(f"killed at epoch {self.epoch}, batch {batch_idx}, step {trainer.global_step}\n")
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -114,6 +114,9 @@ class RunRecorder(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
+        pending_check = getattr(pl_module, "raise_pending_nonfinite", None)
+        if pending_check is not None:  # the last step's deferred non-finite flag, before any record or checkpoint
+            pending_check()
         epoch = trainer.current_epoch
         ran_validation = self.has_validation and getattr(pl_module, "last_validated_epoch", None) == epoch
         metrics: dict[str, float] = {}

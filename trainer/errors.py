@@ -65,3 +65,15 @@ class NonFiniteLossError(TrainingError):
             f"wrong units (e.g. millimetres read as metres), or a depth range (min_depth/max_depth) that leaves "
             f"no valid pixel."
         )
+
+
+OUT_OF_MEMORY_FIX = ("lower dataset.train_dataset.batch_size (with train.accumulate_grad_batches to keep the "
+                     "effective batch) or augmentation.crop_size, set train.activation_checkpoint=true, use "
+                     "train.precision=bf16, or give each trial more of a GPU (automl.gpus_per_trial)")
+
+
+def out_of_memory_message(exc: BaseException) -> str:
+    """One line for an out-of-memory error: what ran out (the first line of torch's message) and how to fix it."""
+    text = str(exc).strip()
+    first = text.splitlines()[0][:200] if text else type(exc).__name__
+    return f"{first}; {OUT_OF_MEMORY_FIX}"

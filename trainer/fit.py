@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from trainer.callbacks import Reporter, RunRecorder, StatusFile, _is_tty
 from trainer.config import flatten, save_spec, to_plain
 from trainer.errors import CheckpointError, UserError
-from trainer.tracking import MlflowRun, TrackingConfig
+from trainer.tracking import TRACKING_FAILURES_FILE, MlflowRun, TrackingConfig
 
 # Lightning chatter that says nothing actionable to our users
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -46,9 +46,23 @@ class FitResult:
     wall_time_s: float = 0.0
     status: str = "success"
     initial_metrics: dict[str, float] = field(default_factory=dict)  # validation before training, when asked
+    started_at: float = 0.0  # time.time() when fit() began
+    first_step_s: Optional[float] = None  # seconds from fit() to the start of the first training step (setup cost)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class _FirstStep(pl.Callback):
+    """Records when the first training step starts (setup cost: data, model, compilation; fit.json first_step_s)."""
+
+    def __init__(self) -> None:
+        self.at: Optional[float] = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self.at is None:
+            self.at = time.time()
 
 
 def results_dir_of(spec: DictConfig) -> Path:
@@ -107,6 +121,42 @@ def quiet_library_logs() -> None:
 _PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 
 
+def resolve_precision(precision: str, on_gpu: Optional[bool] = None) -> str:
+    """`train.precision` for this machine: `auto` is bf16 mixed precision on a GPU that supports bf16, else fp32."""
+    if precision != "auto":
+        return precision
+    on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
+    return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """The speed settings one training run uses, resolved for its machine (docs/benchmarks.md measures them)."""
+
+    precision: str  # fp32 | bf16 | fp16
+    compile: bool  # regional torch.compile of the backbone blocks and the head (training steps only)
+    channels_last: bool  # DPT head convolutions in channels_last
+    matmul_upsample: bool = False  # DPT head's bilinear upsampling as matrix products in training (GPU)
+
+
+def fast_path(spec: DictConfig, on_gpu: Optional[bool] = None) -> FastPath:
+    """Resolve `train.precision` (auto), `train.compile` and `train.channels_last` (None = on for GPU training)."""
+    t = spec.train
+    on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
+    auto = lambda v: on_gpu if v is None else bool(v)  # noqa: E731
+    return FastPath(resolve_precision(str(t.precision), on_gpu), auto(t.compile), auto(t.channels_last),
+                    matmul_upsample=on_gpu)
+
+
+def apply_fast_path(model: torch.nn.Module, fast: FastPath) -> None:
+    """Put a freshly built (and weight-loaded) DepthAnythingV2 on the fast path before training starts."""
+    if fast.channels_last:
+        model.set_channels_last(True)
+    model.depth_head.matmul_upsample = fast.matmul_upsample
+    if fast.compile:
+        model.compile_regions()
+
+
 def monitor_of(spec: DictConfig, has_val: bool) -> tuple[str, str]:
     """(metric, mode) that selects best.ckpt: `train.optim.monitor_name` (TAO's val_loss/train_loss or any val/...)."""
     name = spec.train.optim.monitor_name
@@ -138,7 +188,8 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
     save_spec(spec, out / "spec.yaml")
     t = spec.train
 
-    if t.precision == "fp16" and not torch.cuda.is_available():
+    fast = fast_path(spec)
+    if fast.precision == "fp16" and not torch.cuda.is_available():
         raise UserError("train.precision=fp16 needs a GPU; use fp32 (or bf16) on the CPU")
     resume = t.resume_training_checkpoint_path
     if resume and not Path(resume).is_file():
@@ -161,12 +212,18 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
                       "model.mono_backbone.pretrained_path is not used", file=sys.stderr)
         elif spec.model.mono_backbone.pretrained_path:
             load_weights(module.model, spec.model.mono_backbone.pretrained_path, strict=True, backbone_only=True)
-    if t.compile:
-        module.model.compile()
+    else:
+        # Lightning restores the file below; reading it here first turns a truncated file, one that would run code
+        # (weights_only) or one of another model into a CheckpointError naming the file and the mismatch
+        try:
+            load_weights(module.model, resume, strict=True)
+        except CheckpointError as exc:
+            raise CheckpointError(f"train.resume_training_checkpoint_path: {exc}") from None
+    apply_fast_path(module.model, fast)
 
     monitor, mode = monitor_of(spec, has_val)
     tracking = tracking or TrackingConfig()
-    mlrun = MlflowRun(tracking, out) if tracking.enabled else None
+    mlrun = MlflowRun(tracking, out, failure_log=out / TRACKING_FAILURES_FILE) if tracking.enabled else None
     status = StatusFile(out / "status.json")
     show_bar = _is_tty() if progress is None else progress
     recorder = RunRecorder(status=status, mlflow_run=mlrun, checkpoint_dir=ckpt_dir,
@@ -175,7 +232,8 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
     best_cb = pl.callbacks.ModelCheckpoint(
         dirpath=str(ckpt_dir), filename="best", monitor=monitor, mode=mode, save_top_k=1,
         auto_insert_metric_name=False, enable_version_counter=False, save_on_train_epoch_end=not has_val)
-    all_callbacks: list[pl.Callback] = [recorder, best_cb, *callbacks]
+    first_step = _FirstStep()
+    all_callbacks: list[pl.Callback] = [recorder, best_cb, first_step, *callbacks]
     if show_bar:
         all_callbacks.append(pl.callbacks.TQDMProgressBar(refresh_rate=1))
 
@@ -183,7 +241,7 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
     limit = int(t.max_steps_per_epoch) * int(t.accumulate_grad_batches) if t.max_steps_per_epoch else None
     trainer = pl.Trainer(
         accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=int(t.num_nodes),
-        precision=_PRECISION[t.precision], max_epochs=int(t.num_epochs),
+        precision=_PRECISION[fast.precision], max_epochs=int(t.num_epochs),
         check_val_every_n_epoch=int(t.validation_interval), accumulate_grad_batches=int(t.accumulate_grad_batches),
         limit_train_batches=limit, log_every_n_steps=int(t.log_every_n_steps), callbacks=all_callbacks, logger=False,
         enable_progress_bar=show_bar, enable_model_summary=show_bar, default_root_dir=str(out),
@@ -216,7 +274,8 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
         epochs_completed=len(recorder.history), history=recorder.history,
         mlflow_run_id=mlrun.run_id if mlrun else None, tracking_uri=mlrun.uri if mlrun else None,
         skipped_samples=_skipped(train_loader, val_loader), wall_time_s=round(time.time() - started, 2),
-        initial_metrics=initial,
+        initial_metrics=initial, started_at=started,
+        first_step_s=round(first_step.at - started, 3) if first_step.at is not None else None,
     )
     if trainer.is_global_zero:
         final = recorder.history[-1] if recorder.history else {}

@@ -30,6 +30,10 @@ class TrackingConfig:
     enabled: bool = True
 
 
+# in a run's results folder: one line per MLflow operation that failed (written by `MlflowRun` as it happens)
+TRACKING_FAILURES_FILE = "tracking_failures.log"
+
+
 def default_tracking_uri(results_dir: str | Path) -> str:
     return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
 
@@ -43,13 +47,18 @@ def artifact_location(uri: str) -> Optional[str]:
 
 
 class MlflowRun:
-    """One MLflow run, fault tolerant. Call `start()`, then log, then `end()`."""
+    """One MLflow run, fault tolerant. Call `start()`, then log, then `end()`.
 
-    def __init__(self, cfg: TrackingConfig, results_dir: str | Path):
+    Every failed operation is kept in `failures` and, when `failure_log` is given, appended to that file as it
+    happens (one line each), so that what could not be logged is known even when the run ends by a crash.
+    """
+
+    def __init__(self, cfg: TrackingConfig, results_dir: str | Path, failure_log: Optional[str | Path] = None):
         self.cfg = cfg
         self.uri = cfg.uri or default_tracking_uri(results_dir)
         self.run_id: Optional[str] = cfg.run_id
         self.failures: list[str] = []
+        self.failure_log = Path(failure_log) if failure_log else None
         self._client: Any = None
 
     # ------------------------------------------------------------------------------------------------------
@@ -132,6 +141,12 @@ class MlflowRun:
         if not self.failures:
             print(f"warning: {msg}; training continues, later tracking errors are counted", file=sys.stderr)
         self.failures.append(msg)
+        if self.failure_log is not None:
+            try:
+                with self.failure_log.open("a") as fh:
+                    fh.write(msg.replace("\n", " ") + "\n")
+            except OSError:
+                pass
 
 
 def _param_value(v: Any) -> str:

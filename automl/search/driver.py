@@ -30,10 +30,10 @@ from typing import Any, Mapping, Optional
 from omegaconf import DictConfig, OmegaConf
 from ray.tune import Stopper
 
-from automl.search.guards import PRUNE_KEY, GuardedOptunaSearch, build_scheduler, is_finite_number
+from automl.search.guards import FAIL_KEY, PRUNE_KEY, GuardedOptunaSearch, build_scheduler, is_finite_number
 from automl.search.space import SearchSpace, load_search_space
-from automl.search.tracking import ParentRun, check_tracking_reachable
-from automl.search.trial import INJECT_ENV, TrialContext, run_trial
+from automl.search.tracking import ParentRun, bound_http_retries, check_tracking_reachable
+from automl.search.trial import TrialContext, run_trial
 from trainer.callbacks import StatusFile
 from trainer.errors import UserError
 
@@ -158,6 +158,9 @@ def _resources(opts: SearchOptions) -> tuple[dict[str, float], int]:
     gpus = float(total.get("GPU", 0))
     cpus = float(total.get("CPU", 1))
     gpt = opts.gpus_per_trial if opts.gpus_per_trial is not None else (1.0 if gpus else 0.0)
+    if gpt > 1:
+        raise UserError(f"--gpus-per-trial {gpt:g}: trials of more than one GPU (DDP inside a trial) are not supported "
+                        f"yet; use 1 (or a fraction to pack several trials per GPU) and let more trials run at once")
     if gpt > 0 and gpus == 0:
         raise UserError(f"--gpus-per-trial {gpt}: the Ray cluster has no GPU; use --gpus-per-trial 0 on CPUs")
     if gpt > gpus > 0:
@@ -195,10 +198,15 @@ def collect_trials(grid: Any, space: SearchSpace, num_epochs: int, baseline: Map
         except Exception:  # noqa: BLE001
             history = []
         last = res.metrics or {}
-        best, best_epoch = _best_in([h for h in history if not h.get(PRUNE_KEY)], space.metric, space.mode)
-        epochs = len([h for h in history if not h.get(PRUNE_KEY) and "epoch" in h and h["epoch"] == h["epoch"]])
+        # (in the dataframe, rows before a flagged one hold NaN under prune_reason: NaN is not a flag)
+        scored = [h for h in history if not isinstance(h.get(PRUNE_KEY), str)]
+        best, best_epoch = _best_in(scored, space.metric, space.mode)
+        epochs = len([h for h in scored if "epoch" in h and h["epoch"] == h["epoch"]])
         if last.get(PRUNE_KEY):
             state, reason = "pruned", str(last.get(PRUNE_KEY))
+            best, best_epoch = None, None  # a diverged trial has no result to rank (its finished epochs count)
+        elif last.get(FAIL_KEY):  # ended itself with a recorded reason (out of memory), not retried
+            state, reason = "error", str(last.get(FAIL_KEY))
         elif res.error is not None:
             state, reason = "error", f"{type(res.error).__name__}: {str(res.error).strip().splitlines()[-1][:300]}"
         elif epochs >= num_epochs:
@@ -288,7 +296,10 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
     space_path = opts.search_space or state.get("search_space") or str(skill.default_search_space())
     space = load_search_space(space_path, skill=skill, spec=spec, metric=opts.metric, mode=opts.mode)
     tracking_uri = opts.tracking_uri or state.get("tracking_uri") or default_tracking_uri(results)
+    tracking_env = bound_http_retries()  # MLflow calls fail in seconds, not minutes, when the server is down
     check_tracking_reachable(tracking_uri)
+    if "://" not in str(opts.storage_path or state.get("storage_path") or ""):
+        check_writable(storage)  # a local --storage-path: writable, with room for checkpoints, before Ray starts
 
     _init_ray(opts.address, results)
     storage.mkdir(parents=True, exist_ok=True)
@@ -323,7 +334,8 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
     ctx = TrialContext(skill_name=skill.name, base_spec=to_plain(spec), trials_dir=str(results / "trials"),
                        metric=space.metric, mode=space.mode, tracking_uri=tracking_uri,
                        experiment_name=opts.experiment_name, parent_run_id=parent.run_id,
-                       cpus_per_trial=resources["cpu"], inject=os.environ.get(INJECT_ENV))
+                       cpus_per_trial=resources["cpu"], faults=_fault_hooks(),
+                       tracking_env=tracking_env)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
 
     from automl.search.progress import TrialTable
@@ -387,9 +399,13 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
         summary["winner"] = finalize_winner(skill, spec, winner, results, space, opts, parent)
         parent.log_metrics({f"best/{space.metric}": winner.best}, step=0)
         parent.set_tags({"automl.winner_trial": winner.trial_id})
+    summary["tracking"] = tracking_report(records, parent)
     print()
     print(leaderboard(records, space, winner))
     (results / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    from automl.report import report_after_search
+
+    report_after_search(results, summary)  # never raises: a failing report costs nothing of the search
     if winner is None:
         status.write("FAILURE", "Search finished without a usable trial (all pruned or failed)",
                      states=summary["states"])
@@ -435,6 +451,38 @@ class EpochBudget(Stopper):
 
     def stop_all(self) -> bool:
         return sum(self.spent.values()) >= self.budget
+
+
+def _fault_hooks() -> tuple:
+    """The test suite's fault-injection hooks (automl/testing.py), read once here from the environment."""
+    from automl.testing import read_fault_hooks
+
+    return read_fault_hooks()
+
+
+def tracking_report(records: list[TrialRecord], parent: ParentRun) -> dict[str, Any]:
+    """What could not be logged to MLflow (summary.json `tracking`): each trial's tracking_failures.log, written as
+    failures happen (so retried and failed trials count too), and the parent run's own failures. One warning line
+    when anything failed; training never waits for tracking."""
+    from trainer.tracking import TRACKING_FAILURES_FILE
+
+    per_trial: dict[str, int] = {}
+    first: Optional[str] = None
+    for r in records:
+        log = Path(r.results_dir or ".") / TRACKING_FAILURES_FILE
+        lines = [line for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+        if lines:
+            per_trial[r.trial_id] = len(lines)
+            first = first or lines[0]
+    on_parent = list(parent.run.failures)
+    first = first or (on_parent[0] if on_parent else None)
+    total = sum(per_trial.values()) + len(on_parent)
+    if total:
+        print(f"warning: {total} MLflow operations could not be logged to {parent.uri} ({len(per_trial)} trials, "
+              f"{len(on_parent)} on the search's parent run); training went on and summary.json holds every "
+              f"trial's results; first failure: {first}", file=sys.stderr)
+    return {"uri": parent.uri, "failed_operations": total, "trials": per_trial, "parent_run": len(on_parent),
+            "first_failure": first}
 
 
 def _trial_seconds(r: TrialRecord) -> float:
@@ -553,5 +601,7 @@ def _print_paths(results: Path, summary: Mapping[str, Any]) -> None:
         if exported.get(key):
             print(f"  {label + ':':<14} {exported[key]}")
     print(f"  summary:       {results / 'summary.json'}")
+    if (results / "report" / "report.html").is_file():
+        print(f"  report:        {results / 'report' / 'report.html'}")
     print(f"  MLflow:        automl ui {results}   (parent run {summary['mlflow']['parent_run_id']})")
     print(f"  Optuna study:  optuna-dashboard {summary['optuna_storage']}")

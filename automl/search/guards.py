@@ -16,10 +16,22 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 PRUNE_KEY = "prune_reason"
+# A trial that failed for a reason a retry would repeat (out of memory) ends with one report flagged `fail_reason`,
+# objective None: recorded as an error (Optuna FAIL) without Ray retrying it.
+FAIL_KEY = "fail_reason"
 
 
 def is_pruned_result(result: Optional[dict]) -> bool:
     return bool(result) and bool(result.get(PRUNE_KEY))
+
+
+def is_failed_result(result: Optional[dict]) -> bool:
+    return bool(result) and bool(result.get(FAIL_KEY))
+
+
+def is_flagged_result(result: Optional[dict]) -> bool:
+    """A pruned or failed trial's last report: never ranked by the searcher or a scheduler."""
+    return is_pruned_result(result) or is_failed_result(result)
 
 
 def is_finite_number(x: Any) -> bool:
@@ -35,7 +47,7 @@ class GuardedOptunaSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         value = result.get(self.metric)
-        if is_pruned_result(result) or not is_finite_number(value):
+        if is_flagged_result(result) or not is_finite_number(value):
             return
         best = getattr(self, "_best_values", None)
         if best is None:
@@ -59,7 +71,16 @@ class GuardedOptunaSearch(OptunaSearch):
             self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
             self._completed_trials.add(trial_id)
             return
+        if is_failed_result(result):
+            ot_trial.set_user_attr(FAIL_KEY, str(result.get(FAIL_KEY)))
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            self._completed_trials.add(trial_id)
+            return
         best = (getattr(self, "_best_values", None) or {}).get(trial_id)
+        # the result that made the scheduler stop the trial reaches the searcher only here
+        last = (result or {}).get(self.metric)
+        if is_finite_number(last) and (best is None or (last < best if self._mode == "min" else last > best)):
+            best = float(last)
         if error or best is None:
             # an error, or stopped before its first validation: no finite objective to tell
             self._ot_study.tell(ot_trial, state=TrialState.FAIL if error else TrialState.PRUNED)
@@ -69,15 +90,16 @@ class GuardedOptunaSearch(OptunaSearch):
 
 
 class _StopFlaggedResults:
-    """Mixin for Tune schedulers: a flagged (diverged) result stops the trial without entering the statistics."""
+    """Mixin for Tune schedulers: a flagged (diverged or failed) result stops the trial without entering the
+    statistics."""
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        if is_pruned_result(result):
+        if is_flagged_result(result):
             return TrialScheduler.STOP
         return super().on_trial_result(tune_controller, trial, result)  # type: ignore[misc]
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
-        if is_pruned_result(result) or not is_finite_number((result or {}).get(self._metric)):
+        if is_flagged_result(result) or not is_finite_number((result or {}).get(self._metric)):
             self.on_trial_remove(tune_controller, trial)  # type: ignore[attr-defined]
             return
         super().on_trial_complete(tune_controller, trial, result)  # type: ignore[misc]

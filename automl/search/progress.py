@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from ray.tune import Callback
 
-from automl.search.guards import PRUNE_KEY, is_finite_number
+from automl.search.guards import FAIL_KEY, PRUNE_KEY, is_finite_number
 
 
 class TrialTable(Callback):
@@ -41,6 +41,10 @@ class TrialTable(Callback):
             row["state"] = "pruned"
             row["reason"] = result.get(PRUNE_KEY)
             return
+        if result.get(FAIL_KEY):
+            row["state"] = "error"
+            row["reason"] = result.get(FAIL_KEY)
+            return
         row["epoch"] = int(result.get("epoch", -1)) + 1
         value = result.get(self.space.metric)
         if is_finite_number(value):
@@ -51,7 +55,7 @@ class TrialTable(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
-        if row.get("state") != "pruned":
+        if row.get("state") not in ("pruned", "error"):
             row["state"] = "completed" if row.get("epoch", 0) >= self.num_epochs else "stopped"
         extra = f" ({row.get('reason')})" if row.get("reason") else ""
         self._event(f"{row['state']:<9} {trial.trial_id}  best {self.space.metric}={_fmt(row.get('best'))}  "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 from typing import Any, Mapping, Optional
 
@@ -13,6 +14,27 @@ from trainer.tracking import MlflowRun, TrackingConfig
 
 TRIAL_TAG = "automl.trial_id"
 STATE_TAG = "automl.trial_state"
+
+# MLflow's HTTP client retries a failed request 7 times with exponential back-off: against a server that is down one
+# call takes about 4 minutes. A search makes such calls at its start, in every trial (each epoch) and at its end, so
+# it bounds them (2 retries after 1 s and 2 s, 15 s per attempt): training never waits long on tracking. The user's
+# own MLFLOW_HTTP_REQUEST_* settings win.
+FAST_FAIL_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
+def http_retry_settings(environ: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    """The MLflow HTTP retry settings of a search: FAST_FAIL_HTTP under the user's own MLFLOW_HTTP_REQUEST_* values."""
+    environ = os.environ if environ is None else environ
+    return {k: environ.get(k) or v for k, v in FAST_FAIL_HTTP.items()}
+
+
+def bound_http_retries() -> dict[str, str]:
+    """Apply `http_retry_settings()` to this process (MLflow reads them at each request) and return them, for the
+    trials (`TrialContext.tracking_env`, applied again in each worker)."""
+    settings = http_retry_settings()
+    os.environ.update(settings)
+    return settings
 
 
 def check_tracking_reachable(uri: str) -> None:
@@ -77,7 +99,7 @@ class ParentRun:
             client = MlflowClient(tracking_uri=self.uri)
             client.set_tag(run_id, STATE_TAG, state)
             if reason:
-                client.set_tag(run_id, "automl.prune_reason", reason)
+                client.set_tag(run_id, "automl.failure_reason" if state == "error" else "automl.prune_reason", reason)
             if best is not None:
                 client.set_tag(run_id, "automl.best_objective", str(best))
             if winner:

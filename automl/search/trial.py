@@ -2,7 +2,8 @@
 
 Every validated epoch is reported to Tune with the trainer's `last.ckpt` as a Tune checkpoint, so a retried trial
 (worker died) or a resumed search (driver died) continues from it. A NaN/inf loss ends the trial with one flagged
-report (objective None, `prune_reason`), which the guarded searcher and schedulers turn into a pruned trial.
+report (objective None, `prune_reason`), which the guarded searcher and schedulers turn into a pruned trial. Out of
+memory ends it the same way with `fail_reason` (an error, not retried: the same batch would not fit the next time).
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from automl.search.guards import PRUNE_KEY
+from automl.search.guards import FAIL_KEY, PRUNE_KEY
 from automl.search.tracking import TRIAL_TAG, find_child_run
 
-# Test hook (never set by the CLI or by a spec): "TRIAL_INDEX:STEP" poisons the weights of the trial whose
-# sequence number is TRIAL_INDEX at optimizer step STEP, to prove that divergence is pruned within one step.
+# Test hooks (never set by the CLI or by a spec): see automl/testing.py; the driver reads them once
+# (automl.testing.read_fault_hooks) into TrialContext.faults.
 INJECT_ENV = "AUTOML_TESTING_INJECT_NONFINITE"
 
 
@@ -36,7 +37,8 @@ class TrialContext:
     experiment_name: str
     parent_run_id: Optional[str]
     cpus_per_trial: float = 1.0
-    inject: Optional[str] = None  # the test hook's value, resolved once by the driver
+    faults: tuple = ()  # automl.testing.FaultHook values of the test hooks, resolved once by the driver
+    tracking_env: dict[str, str] = field(default_factory=dict)  # MLflow HTTP retry settings (fail fast)
     fixed: dict[str, Any] = field(default_factory=dict)  # overrides applied to every trial
 
 
@@ -48,7 +50,7 @@ def _trial_index(trial_id: str, trials_dir: str) -> int:
     if trial_id not in order:
         with registry.open("a") as fh:
             fh.write(trial_id + "\n")
-        order.append(trial_id)
+        order = registry.read_text().split()  # trials starting together: the file's order is the one order
     return order.index(trial_id)
 
 
@@ -67,6 +69,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)  # "Checkpoint successfully created" per epoch
     import ray
 
+    os.environ.update(ctx.tracking_env)  # read by MLflow's HTTP client at each request
     trial_id = tune.get_context().get_trial_id()
     node_id = ray.get_runtime_context().get_node_id()
     torch.set_num_threads(max(int(ctx.cpus_per_trial), 1))
@@ -106,14 +109,18 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             tune.report(payload)
 
     callbacks = []
-    if ctx.inject:
-        index, step = (int(v) for v in ctx.inject.split(":"))
-        if _trial_index(trial_id, ctx.trials_dir) == index and restored is None:
-            from automl.testing import PoisonWeightsAtStep
+    if ctx.faults:
+        from automl.testing import fault_callbacks
 
-            callbacks.append(PoisonWeightsAtStep(step))
+        callbacks = fault_callbacks(ctx.faults, _trial_index(trial_id, ctx.trials_dir), out)
     try:
         skill.fit(spec, report, tracking=tracking, progress=False, quiet=True, callbacks=callbacks)
+    except torch.OutOfMemoryError as exc:
+        # deterministic for a given batch/crop/encoder: recorded as an error at once, no retry to burn budget on
+        from trainer.errors import out_of_memory_message
+
+        tune.report({ctx.metric: None, FAIL_KEY: f"out_of_memory: {out_of_memory_message(exc)}",
+                     "trial_state": "error", "reported_at": time.time()})
     except NonFiniteLossError as exc:
         tune.report({ctx.metric: None, PRUNE_KEY: exc.reason, "trial_state": "pruned", "reported_at": time.time(),
                      "diverged_step": exc.step, "diverged_epoch": exc.epoch, "diverged_what": exc.what})

@@ -17,7 +17,7 @@ from typing import Any, List, Optional
 MODEL_TYPES = ("MetricDepthAnything", "RelativeDepthAnything")
 TAO_STEREO_MODEL_TYPES = ("FoundationStereo", "FastFoundationStereo")
 ENCODERS = ("vits", "vitb", "vitl", "vitg", "custom")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto (ours): bf16 mixed precision on a GPU with bf16, else fp32
 OPTIMIZERS = ("AdamW", "SGD")
 LR_SCHEDULERS = (
     "MultiStepLR", "MultiStep", "CustomMultiStepLRScheduler", "StepLR", "LambdaLR", "PolynomialLR",
@@ -187,8 +187,10 @@ class OptimConfig:
 
 @dataclass
 class CuDNNConfig:
-    benchmark: bool = False
-    deterministic: bool = True
+    # fast path (docs/benchmarks.md): training crops have one size, so cuDNN picks its fastest algorithms once
+    # (TAO's defaults were benchmark false, deterministic true)
+    benchmark: bool = True
+    deterministic: bool = False
 
 
 @dataclass
@@ -206,7 +208,7 @@ class TrainConfig:
     results_dir: Optional[str] = None
     pretrained_model_path: Optional[str] = None  # full model (backbone + head) initialisation
     clip_grad_norm: float = 0.1  # L2 norm; 0 disables clipping
-    precision: str = "fp32"
+    precision: str = "auto"  # auto (ours): bf16 mixed precision on a GPU with bf16, fp32 elsewhere (docs/benchmarks.md)
     distributed_strategy: str = "ddp"
     activation_checkpoint: bool = False
     log_every_n_steps: int = 50
@@ -216,8 +218,9 @@ class TrainConfig:
     accumulate_grad_batches: int = 1
     max_steps_per_epoch: Optional[int] = None  # cap on optimizer steps per epoch (quick runs)
     initial_validation: bool = False  # validate once before training (recorded as epoch -1: the starting point)
-    compile: bool = False  # torch.compile the model
-    channels_last: bool = False  # channels_last memory format for the DPT head convolutions
+    # fast path (docs/benchmarks.md); None = on when training on a GPU, off on the CPU
+    compile: Optional[bool] = None  # torch.compile the backbone blocks and the DPT head for training (regional)
+    channels_last: Optional[bool] = None  # channels_last memory format for the DPT head convolutions
     # TAO keys accepted, unused
     dataloader_visualize: bool = False
     vis_step_interval: int = 10

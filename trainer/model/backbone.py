@@ -177,6 +177,14 @@ class DinoV2Backbone(VisionTransformer):
         self.patch_size = PATCH_SIZE
         self.intermediate_layers = tuple(config.intermediate_layers)
         self.grad_checkpointing = activation_checkpoint
+        self.blocks_compiled = False
+
+    def compile_blocks(self, **compile_kwargs) -> None:
+        """torch.compile each transformer block in place (regional compilation): the blocks share one compiled
+        graph, so compiling costs seconds instead of a whole-model compile; parameter names are unchanged."""
+        for block in self.blocks:
+            block.compile(**compile_kwargs)
+        self.blocks_compiled = True
 
     @property
     def last_used_block(self) -> int:
@@ -249,11 +257,13 @@ class DinoV2Backbone(VisionTransformer):
         wanted = set(self.intermediate_layers)
         taken: dict[int, torch.Tensor] = {}
         checkpointing = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        # compiled blocks (`compile_blocks`) serve training; evaluation runs them eagerly (no extra graphs to compile)
+        eager = self.blocks_compiled and not self.training
         for i, block in enumerate(self.blocks[: self.last_used_block + 1]):
             if checkpointing:
                 tokens = torch.utils.checkpoint.checkpoint(block, tokens, use_reentrant=False)
             else:
-                tokens = block(tokens)
+                tokens = block.forward(tokens) if eager else block(tokens)
             if i in wanted:
                 taken[i] = tokens
         outputs: list[TokenFeatures] = []

@@ -102,6 +102,7 @@ class DepthAnythingV2(nn.Module):
             use_clstoken=use_clstoken,
             metric=metric,
         )
+        self.head_compiled = False
         # Blocks after the deepest tapped one never influence the output (custom encoders only): freeze them so
         # that DDP without find_unused_parameters works, like the head's unused refinenet4.resConfUnit1.
         for block in self.pretrained.blocks[self.pretrained.last_used_block + 1:]:
@@ -112,7 +113,9 @@ class DepthAnythingV2(nn.Module):
             raise ValueError(f"expected an image batch [B, 3, H, W], found shape {tuple(x.shape)}")
         patch_h, patch_w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         features = self.pretrained(x)
-        depth = self.depth_head(features, patch_h, patch_w)
+        # a compiled head (`compile_regions`) serves training; evaluation calls it eagerly
+        head = self.depth_head.forward if self.head_compiled and not self.training else self.depth_head
+        depth = head(features, patch_h, patch_w)
         if self.is_metric:
             depth = depth * self.max_depth
         return depth.squeeze(1)
@@ -136,6 +139,14 @@ class DepthAnythingV2(nn.Module):
     def set_channels_last(self, enabled: bool = True) -> None:
         """channels_last memory format for the DPT head's convolutions."""
         self.depth_head.set_channels_last(enabled)
+
+    def compile_regions(self, **compile_kwargs) -> None:
+        """torch.compile the training path region by region: every backbone block (one shared graph) and the DPT
+        head. Training steps run compiled; evaluation (`model.eval()`) runs the same modules eagerly, so validation
+        at other sizes compiles nothing. Parameter names and state_dict keys are unchanged."""
+        self.pretrained.compile_blocks(**compile_kwargs)
+        self.depth_head.compile(**compile_kwargs)
+        self.head_compiled = True
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -27,9 +27,37 @@ from trainer.model.backbone import PATCH_SIZE, TokenFeatures
 HEAD_HIDDEN = 32  # channels between the two convs of `output_conv2`
 
 
-def _upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize with align_corners=True to an explicit size (as every DPT resize in the original)."""
-    return F.interpolate(x, size=(size[0], size[1]), mode="bilinear", align_corners=True)
+def _upsample(x: torch.Tensor, size: Sequence[int], as_matmul: bool = False) -> torch.Tensor:
+    """Bilinear resize with align_corners=True to an explicit size (as every DPT resize in the original).
+
+    `as_matmul`: the same resize as two products with interpolation matrices, `A_h @ x @ A_w^T` (training: its
+    backward is two more products, where `F.interpolate`'s backward scatters with atomic adds, the slowest kernels
+    of a GPU training step; under bf16 autocast the coefficients round to bf16, an error of the size of the bf16
+    rounding of the output itself). Evaluation and export use `F.interpolate`.
+    """
+    if not as_matmul:
+        return F.interpolate(x, size=(size[0], size[1]), mode="bilinear", align_corners=True)
+    rows = bilinear_matrix(int(size[0]), x.shape[-2], x.device)
+    cols = bilinear_matrix(int(size[1]), x.shape[-1], x.device)
+    out = torch.matmul(rows, torch.matmul(x.contiguous(), cols.transpose(0, 1)))
+    return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
+        memory_format=torch.channels_last) and not x.is_contiguous() else out
+
+
+def bilinear_matrix(out_size: int, in_size: int, device: Optional[torch.device] = None) -> torch.Tensor:
+    """[out_size, in_size] float32 matrix M with `M @ v` = PyTorch's 1-D linear resize of v, align_corners=True
+    (source position `dst * (in - 1) / (out - 1)`, two taps per output)."""
+    scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+    src = torch.arange(out_size, device=device, dtype=torch.float32) * scale
+    lo = src.floor().clamp(0, in_size - 1)
+    frac = src - lo
+    lo_i = lo.long()
+    hi_i = (lo_i + 1).clamp(max=in_size - 1)
+    matrix = torch.zeros(out_size, in_size, device=device)
+    r = torch.arange(out_size, device=device)
+    matrix.index_put_((r, lo_i), 1.0 - frac, accumulate=True)
+    matrix.index_put_((r, hi_i), frac, accumulate=True)
+    return matrix
 
 
 class ResidualConvUnit(nn.Module):
@@ -64,11 +92,12 @@ class FeatureFusionBlock(nn.Module):
         self.resConfUnit1 = ResidualConvUnit(features, use_bn)  # applied to the skip input
         self.resConfUnit2 = ResidualConvUnit(features, use_bn)
 
-    def forward(self, x: torch.Tensor, skip: Optional[torch.Tensor] = None, *, size: Sequence[int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skip: Optional[torch.Tensor] = None, *, size: Sequence[int],
+                as_matmul: bool = False) -> torch.Tensor:
         if skip is not None:
             x = x + self.resConfUnit1(skip)
         x = self.resConfUnit2(x)
-        return self.out_conv(_upsample(x, size))
+        return self.out_conv(_upsample(x, size, as_matmul))
 
 
 class DPTScratch(nn.Module):
@@ -122,6 +151,7 @@ class DPTHead(nn.Module):
         self.use_clstoken = use_clstoken
         self.metric = metric
         self.channels_last = False
+        self.matmul_upsample = False  # training only: bilinear upsampling as matrix products (see _upsample)
         self.projects = nn.ModuleList([nn.Conv2d(in_channels, c, kernel_size=1, stride=1, padding=0) for c in out_channels])
         self.resize_layers = nn.ModuleList([
             nn.ConvTranspose2d(out_channels[0], out_channels[0], kernel_size=4, stride=4, padding=0),
@@ -166,10 +196,12 @@ class DPTHead(nn.Module):
         layer_2_rn = s.layer2_rn(layer_2)
         layer_3_rn = s.layer3_rn(layer_3)
         layer_4_rn = s.layer4_rn(layer_4)
-        path_4 = s.refinenet4(layer_4_rn, size=layer_3_rn.shape[2:])
-        path_3 = s.refinenet3(path_4, layer_3_rn, size=layer_2_rn.shape[2:])
-        path_2 = s.refinenet2(path_3, layer_2_rn, size=layer_1_rn.shape[2:])
-        path_1 = s.refinenet1(path_2, layer_1_rn, size=(2 * layer_1_rn.shape[2], 2 * layer_1_rn.shape[3]))
+        mm = self.matmul_upsample and self.training  # see _upsample
+        path_4 = s.refinenet4(layer_4_rn, size=layer_3_rn.shape[2:], as_matmul=mm)
+        path_3 = s.refinenet3(path_4, layer_3_rn, size=layer_2_rn.shape[2:], as_matmul=mm)
+        path_2 = s.refinenet2(path_3, layer_2_rn, size=layer_1_rn.shape[2:], as_matmul=mm)
+        path_1 = s.refinenet1(path_2, layer_1_rn, size=(2 * layer_1_rn.shape[2], 2 * layer_1_rn.shape[3]),
+                              as_matmul=mm)
         out = s.output_conv1(path_1)
-        out = _upsample(out, (patch_h * PATCH_SIZE, patch_w * PATCH_SIZE))
+        out = _upsample(out, (patch_h * PATCH_SIZE, patch_w * PATCH_SIZE), mm)
         return s.output_conv2(out)

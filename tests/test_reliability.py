@@ -1,0 +1,518 @@
+"""Reliability (issue #7): no finished work is lost to a crash, a diverging trial, an out-of-memory trial or a tracking
+server that goes away, and the search refuses to start where it could not finish (unreachable tracking store,
+unwritable or full results disk). docs/reliability.md maps every row of the issue to the test that proves it.
+
+The faults are injected through test hooks (automl/testing.py: environment variables that no spec key or CLI flag
+reaches), into real searches of tiny models on synthetic scenes. One search carries three faults in three different
+trials, chosen with a seeded random generator (RELIABILITY_SEED to vary it), and a fourth trial without any: every
+fault must stay inside its trial.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import tiny_spec_tree, write_yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = int(os.environ.get("RELIABILITY_SEED", "7"))
+BATCH = 8  # tiny_spec_tree's train batch size
+MLFLOW_HTTP_KEYS = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+                    "MLFLOW_HTTP_REQUEST_TIMEOUT")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def search_tree(data: Path, results: Path, *, epochs: int, num_trials: int, max_concurrent: int) -> dict[str, Any]:
+    tree = tiny_spec_tree(data, results, epochs=epochs, lr=1e-3)
+    tree["automl"] = {"num_trials": num_trials, "max_concurrent": max_concurrent, "scheduler": "none",
+                      "cpus_per_trial": 1, "max_failures": 1, "export": "none"}
+    return tree
+
+
+def space_yaml(tmp: Path) -> Path:
+    """A range in which every trial trains: any divergence or failure comes from a hook."""
+    p = tmp / "space.yaml"
+    p.write_text("objective: {metric: val/loss, mode: min}\n"
+                 "parameters:\n"
+                 "  train.optim.lr: {type: float, low: 3.0e-4, high: 3.0e-3, log: true}\n")
+    return p
+
+
+def status_lines(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (folder / "status.json").read_text().splitlines()]
+
+
+def trial_order(results: Path) -> list[str]:
+    """Trial ids by sequence number (the TRIAL_INDEX of the hooks)."""
+    return (results / "trials" / ".order").read_text().split()
+
+
+def trials_by_start(results: Path) -> list[str]:
+    """Trial ids in the order they started (trials that run one at a time)."""
+    def started(folder: Path) -> str:
+        first = status_lines(folder)[0]
+        return time.strftime("%Y%m%d", time.strptime(first["date"], "%m/%d/%Y")) + first["time"]
+
+    return [p.name for p in sorted((p for p in (results / "trials").iterdir() if p.is_dir()), key=started)]
+
+
+def run_cli(args: list[str], log: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """`automl ARGS` in its own process group (so that the Ray processes it starts can all be stopped)."""
+    with log.open("w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "automl.cli", *args], cwd=REPO, env=env, stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"automl {' '.join(args)} did not finish in {timeout:.0f} s:\n{log.read_text()[-4000:]}")
+        finally:
+            _stop_group(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, log.read_text(), "")
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # our own process group only (start_new_session)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait(timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_runs(uri: str) -> tuple[Any, Any, list[Any]]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("depth_net_mono")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("automl.role") == "search"]
+    assert len(parents) == 1, [r.data.tags for r in runs]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    return client, parents[0], children
+
+
+# --------------------------------------------------------------------------------------------------------------
+# one search, three faults in three trials (chosen at random, seeded), one trial untouched
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def faulty_search(synth_data, tmp_path_factory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("faults")
+    results = tmp / "search"
+    epochs, num_trials = 2, 4
+    per_epoch = math.ceil(len((synth_data / "train.txt").read_text().splitlines()) / BATCH)
+    rng = random.Random(SEED)
+    kill, oom, nan, clean = rng.sample(range(num_trials), 4)
+    plan = {"kill": kill, "oom": oom, "nan": nan, "clean": clean, "kill_epoch": 1, "steps_per_epoch": per_epoch,
+            "oom_step": rng.randrange(per_epoch * epochs), "nan_step": rng.randrange(per_epoch * epochs),
+            "seed": SEED}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "AUTOML_TESTING_KILL_WORKER": f"{kill}:{plan['kill_epoch']}",
+           "AUTOML_TESTING_OUT_OF_MEMORY": f"{oom}:{plan['oom_step']}",
+           "AUTOML_TESTING_INJECT_NONFINITE": f"{nan}:{plan['nan_step']}"}
+    spec = write_yaml(tmp / "spec.yaml", search_tree(synth_data, results, epochs=epochs, num_trials=num_trials,
+                                                     max_concurrent=2))
+    done = run_cli(["run", "-e", str(spec), "--search-space", str(space_yaml(tmp))], tmp / "search.log", env,
+                   timeout=600)
+    assert done.returncode == 0, f"plan {plan}\n{done.stdout[-5000:]}"
+    summary = json.loads((results / "summary.json").read_text())
+    order = trial_order(results)
+    trials = {t["trial_id"]: t for t in summary["trials"]}
+    return {"results": results, "summary": summary, "trials": trials, "plan": plan, "log": done.stdout,
+            "id": {role: order[plan[role]] for role in ("kill", "oom", "nan", "clean")}}
+
+
+@pytest.mark.slow
+def test_every_trial_is_accounted_for_once(faulty_search):
+    s, plan = faulty_search["summary"], faulty_search["plan"]
+    ids = faulty_search["id"]
+    assert s["num_trials"] == 4 and set(faulty_search["trials"]) == set(ids.values()), plan
+    assert s["states"] == {"completed": 2, "stopped": 0, "pruned": 1, "error": 1}, (plan, s["states"])
+    # the winner is one of the trials that finished, with a finite objective
+    assert s["winner"]["trial_id"] in (ids["kill"], ids["clean"]) and math.isfinite(s["winner"]["best"])
+
+    import optuna
+
+    storage = f"sqlite:///{faulty_search['results'] / 'optuna.db'}"
+    (study,) = optuna.study.get_all_study_summaries(storage)
+    states = [t.state for t in optuna.load_study(study_name=study.study_name, storage=storage).trials]
+    assert sorted(st.name for st in states) == ["COMPLETE", "COMPLETE", "FAIL", "PRUNED"], states
+
+    client, parent, children = child_runs(f"sqlite:///{faulty_search['results'] / 'mlflow.db'}")
+    assert parent.info.status == "FINISHED"
+    tagged = sorted(r.data.tags["automl.trial_id"] for r in children)
+    assert tagged == sorted(ids.values()), "one MLflow child run per trial, none duplicated by the retry"
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_epoch_is_retried_from_its_last_checkpoint(faulty_search):
+    trial_id, plan = faulty_search["id"]["kill"], faulty_search["plan"]
+    trial = faulty_search["trials"][trial_id]
+    folder = faulty_search["results"] / "trials" / trial_id
+    from automl.testing import KILLED_MARKER
+
+    assert (folder / KILLED_MARKER).is_file(), "the hook never killed the worker"
+    # mid-epoch: after the first of the epoch's several steps, the checkpoint of the epoch before already reported
+    assert plan["steps_per_epoch"] > 1
+    assert (folder / KILLED_MARKER).read_text().startswith(f"killed at epoch {plan['kill_epoch']}, batch 0,")
+    assert f"retry     {trial_id}" in faulty_search["log"], "Ray did not retry the killed trial"
+    assert trial["state"] == "completed" and trial["epochs"] == 2, (plan, trial)
+
+    lines = status_lines(folder)
+    starts = [line for line in lines if line["status"] == "STARTED"]
+    assert len(starts) == 2 and "last.ckpt" in starts[1]["message"], "the retry did not start from a checkpoint"
+    assert any(line["message"] == f"Training resumed at epoch {plan['kill_epoch']}" for line in lines)
+    finished = [line["epoch"] for line in lines if line["status"] == "RUNNING" and line.get("epoch", -1) >= 0]
+    assert finished == [0, 1], "epoch 0 was trained twice or epoch 1 never finished"
+    assert lines[-1]["status"] == "SUCCESS"
+
+    client, _, children = child_runs(f"sqlite:///{faulty_search['results'] / 'mlflow.db'}")
+    (run,) = [r for r in children if r.data.tags["automl.trial_id"] == trial_id]
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [0, 1]
+
+
+@pytest.mark.slow
+def test_nonfinite_loss_at_a_random_step_is_pruned_at_that_step(faulty_search):
+    trial_id, plan = faulty_search["id"]["nan"], faulty_search["plan"]
+    trial = faulty_search["trials"][trial_id]
+    assert trial["state"] == "pruned" and trial["reason"] == "non_finite_loss", (plan, trial)
+    # the epochs finished before the NaN count, with their finite values; the trial can never win
+    assert trial["epochs"] == plan["nan_step"] // plan["steps_per_epoch"], (plan, trial)
+    assert trial["best"] is None
+    assert faulty_search["summary"]["winner"]["trial_id"] != trial_id
+    assert trial["history"][-1]["diverged_step"] == plan["nan_step"], (plan, trial["history"][-1])
+    last = status_lines(faulty_search["results"] / "trials" / trial_id)[-1]
+    assert last["status"] == "FAILURE" and last["reason"] == "non_finite_loss" and last["step"] == plan["nan_step"]
+    finite = [h for h in trial["history"] if h.get("epoch") is not None and not h.get("prune_reason")]
+    assert len(finite) == trial["epochs"] and all(math.isfinite(h["val/loss"]) for h in finite)
+
+
+@pytest.mark.slow
+def test_out_of_memory_fails_its_trial_with_the_reason_and_no_retry(faulty_search):
+    trial_id, plan = faulty_search["id"]["oom"], faulty_search["plan"]
+    trial = faulty_search["trials"][trial_id]
+    assert trial["state"] == "error", (plan, trial)
+    assert trial["epochs"] == plan["oom_step"] // plan["steps_per_epoch"], (plan, trial)
+    assert faulty_search["summary"]["winner"]["trial_id"] != trial_id
+    assert trial["reason"].startswith("out_of_memory: CUDA out of memory") and "batch_size" in trial["reason"]
+    lines = status_lines(faulty_search["results"] / "trials" / trial_id)
+    assert [line["status"] for line in lines].count("STARTED") == 1, "a deterministic OOM was retried"
+    assert f"retry     {trial_id}" not in faulty_search["log"]
+    assert lines[-1]["status"] == "FAILURE" and lines[-1]["reason"] == "OutOfMemoryError"
+
+    _, _, children = child_runs(f"sqlite:///{faulty_search['results'] / 'mlflow.db'}")
+    (run,) = [r for r in children if r.data.tags["automl.trial_id"] == trial_id]
+    assert run.info.status == "FAILED" and run.data.tags["automl.trial_state"] == "error"
+    assert run.data.tags["automl.failure_reason"].startswith("out_of_memory")
+
+
+@pytest.mark.slow
+def test_a_trial_without_faults_is_unaffected(faulty_search):
+    trial = faulty_search["trials"][faulty_search["id"]["clean"]]
+    assert trial["state"] == "completed" and trial["epochs"] == 2 and math.isfinite(trial["best"])
+    lines = status_lines(faulty_search["results"] / "trials" / trial["trial_id"])
+    assert [line["status"] for line in lines].count("STARTED") == 1 and lines[-1]["status"] == "SUCCESS"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the tracking server
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_unreachable_tracking_server_fails_before_any_trial(tiny_spec_tree_file, monkeypatch, capsys):
+    from automl.cli import EXIT_USER_ERROR, main
+    from automl.search import driver
+
+    for key in MLFLOW_HTTP_KEYS:  # restored after the test: the driver sets them for its own process
+        monkeypatch.setenv(key, os.environ.get(key, ""))
+    monkeypatch.setattr(driver, "_init_ray", _must_not_run("Ray was started"))
+    spec, results = tiny_spec_tree_file
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    started = time.time()
+    rc = main(["run", "-e", str(spec), "--tracking-uri", uri])
+    took = time.time() - started
+    err = capsys.readouterr().err
+    assert rc == EXIT_USER_ERROR
+    assert f"MLflow tracking store {uri} is not reachable" in err and "--tracking-uri" in err
+    assert took < 60, f"took {took:.0f} s to find the server down (MLflow's default retries take ~4 min)"
+    assert not (results / "trials").exists() and not (results / "ray").exists()
+
+
+def test_search_bounds_mlflow_http_retries_but_keeps_the_users_settings():
+    from automl.search.tracking import http_retry_settings
+
+    bounded = http_retry_settings({})
+    assert int(bounded["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]) <= 3
+    assert int(bounded["MLFLOW_HTTP_REQUEST_TIMEOUT"]) <= 30
+    assert http_retry_settings({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "9"})["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "9"
+
+
+@pytest.mark.slow
+def test_tracking_server_lost_mid_search_costs_the_logs_not_the_search(synth_data, tmp_path):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    results = tmp_path / "search"
+    spec = write_yaml(tmp_path / "spec.yaml", search_tree(synth_data, results, epochs=2, num_trials=2,
+                                                          max_concurrent=1))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "search.log"
+    search = None
+    try:
+        _wait_http(uri, timeout=120)
+        with log.open("w") as fh:
+            search = subprocess.Popen(
+                [sys.executable, "-m", "automl.cli", "run", "-e", str(spec), "--search-space",
+                 str(space_yaml(tmp_path)), "--tracking-uri", uri],
+                cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+            # the server goes away once the first trial has reported (and logged) its first epoch
+            deadline = time.time() + 400
+            while not any(p.read_text().strip() for p in results.glob("ray/search/*/result.json")):
+                assert search.poll() is None, log.read_text()[-4000:]
+                assert time.time() < deadline, "no trial reported before the deadline"
+                time.sleep(0.5)
+            _stop_group(server)
+            search.wait(timeout=600)
+        out = log.read_text()
+        assert search.returncode == 0, out[-5000:]
+    finally:
+        if search is not None:
+            _stop_group(search)
+        _stop_group(server)
+
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["states"]["completed"] == 2, "trials did not keep training without the tracking server"
+    assert all(t["epochs"] == 2 for t in summary["trials"])
+    tracking = summary["tracking"]
+    assert tracking["failed_operations"] >= 2 and tracking["uri"] == uri
+    order = trials_by_start(results)
+    assert tracking["trials"].get(order[1], 0) >= 1, tracking  # the trial that started after the server was gone
+    assert "MLflow operations could not be logged" in out and uri in out
+
+    # what was logged before the server went away is still there
+    client, parent, children = child_runs(f"sqlite:///{tmp_path / 'server.db'}")
+    first = [r for r in children if r.data.tags["automl.trial_id"] == order[0]]
+    assert first and client.get_metric_history(first[0].info.run_id, "val/loss")
+
+
+def _wait_http(uri: str, timeout: float) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(uri + "/health", timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{uri} did not come up in {timeout} s")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# results folder: unwritable, full disk
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_spec_tree_file(synth_data, tmp_path) -> tuple[Path, Path]:
+    results = tmp_path / "results"
+    tree = search_tree(synth_data, results, epochs=1, num_trials=1, max_concurrent=1)
+    return write_yaml(tmp_path / "spec.yaml", tree), results
+
+
+def _must_not_run(what: str):
+    def fail(*_a: Any, **_k: Any) -> None:
+        raise AssertionError(f"{what} before the error was reported")
+
+    return fail
+
+
+def test_unwritable_results_dir_stops_a_search_before_ray_starts(tiny_spec_tree_file, tmp_path, monkeypatch,
+                                                                 capsys):
+    from automl.cli import EXIT_USER_ERROR, main
+    from automl.search import driver
+
+    monkeypatch.setattr(driver, "_init_ray", _must_not_run("Ray was started"))
+    spec, _ = tiny_spec_tree_file
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # (the tests run as root: a file in the way blocks where chmod cannot)
+    rc = main(["run", "-e", str(spec), f"results_dir={blocker / 'search'}"])
+    err = capsys.readouterr().err
+    assert rc == EXIT_USER_ERROR
+    assert f"results directory {blocker / 'search'} is not writable" in err and "results_dir=PATH" in err
+    rc = main(["run", "-e", str(spec), "--storage-path", str(blocker / "ray")])
+    err = capsys.readouterr().err
+    assert rc == EXIT_USER_ERROR and f"{blocker / 'ray'} is not writable" in err
+
+
+@pytest.mark.parametrize("action", ["run", "off"])
+def test_full_disk_is_refused_before_training(tiny_spec_tree_file, monkeypatch, capsys, action):
+    import shutil
+
+    from automl.cli import EXIT_USER_ERROR, main
+    from automl.search import driver
+
+    real = shutil.disk_usage
+
+    def nearly_full(path):
+        usage = real(path)
+        return type(usage)(usage.total, usage.total - 50 * 2**20, 50 * 2**20)  # 50 MiB free
+
+    monkeypatch.setattr("trainer.fit.shutil.disk_usage", nearly_full)
+    monkeypatch.setattr(driver, "_init_ray", _must_not_run("Ray was started"))
+    spec, results = tiny_spec_tree_file
+    rc = main([action, "-e", str(spec)])
+    err = capsys.readouterr().err
+    assert rc == EXIT_USER_ERROR
+    assert f"results directory {results}" in err and "only 50 MiB free" in err and "at least 200 MiB" in err
+    assert not (results / "checkpoints").exists() and not (results / "trials").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# out of memory outside a search, and the hooks themselves
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_out_of_memory_in_plain_training_tells_what_to_change(tiny_spec_tree_file, monkeypatch, capsys):
+    import torch
+
+    from automl.cli import EXIT_USER_ERROR, main
+    from automl.skills.depth_net_mono import DepthNetMono
+
+    def oom(*_a: Any, **_k: Any) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB")
+
+    monkeypatch.setattr(DepthNetMono, "fit", oom)
+    spec, _ = tiny_spec_tree_file
+    rc = main(["off", "-e", str(spec)])
+    err = capsys.readouterr().err
+    assert rc == EXIT_USER_ERROR
+    assert "out of memory: CUDA out of memory. Tried to allocate 1.50 GiB" in err
+    assert "dataset.train_dataset.batch_size" in err and "Traceback" not in err
+
+
+def test_fault_hooks_are_read_once_and_checked():
+    from automl.testing import FaultHook, read_fault_hooks
+    from trainer.errors import UserError
+
+    assert read_fault_hooks({}) == ()
+    hooks = read_fault_hooks({"AUTOML_TESTING_KILL_WORKER": "2:1", "AUTOML_TESTING_OUT_OF_MEMORY": "0:3"})
+    assert set(hooks) == {FaultHook("kill_worker", 2, 1), FaultHook("out_of_memory", 0, 3)}
+    with pytest.raises(UserError, match=r"AUTOML_TESTING_INJECT_NONFINITE='1': expected TRIAL_INDEX:STEP"):
+        read_fault_hooks({"AUTOML_TESTING_INJECT_NONFINITE": "1"})
+
+
+def test_trials_starting_together_get_distinct_sequence_numbers(tmp_path):
+    from automl.search.trial import _trial_index
+
+    # two trials read the (empty) registry before either appends: each must still get its own number
+    (tmp_path / ".order").write_text("")
+    first = _trial_index("a", str(tmp_path))
+    (tmp_path / ".order").write_text("a\nb\n")  # b appended meanwhile by another process
+    assert first == 0 and _trial_index("b", str(tmp_path)) == 1 and _trial_index("a", str(tmp_path)) == 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# security
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_local_ray_binds_to_loopback_without_dashboard(monkeypatch, tmp_path):
+    import ray
+
+    from automl.search import driver
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    driver._init_ray(None, tmp_path)
+    driver._init_ray("auto", tmp_path)
+    local, joined = calls
+    assert local["_node_ip_address"] == "127.0.0.1" and local["include_dashboard"] is False
+    assert joined["address"] == "auto" and joined["include_dashboard"] is False
+
+
+def test_mlflow_ui_binds_to_loopback_unless_asked(monkeypatch):
+    import automl.ui
+    from automl.cli import build_parser, main
+
+    seen: list[dict[str, Any]] = []
+    monkeypatch.setattr(automl.ui, "serve", lambda results_dir, **kw: seen.append(kw) or 0)
+    assert main(["ui", "some/results"]) == 0 and seen[-1]["host"] == "127.0.0.1"
+    assert main(["ui", "some/results", "--host", "0.0.0.0"]) == 0 and seen[-1]["host"] == "0.0.0.0"
+    cmd = automl.ui.server_command(automl.ui.Store("sqlite:///x.db"), Path("r"), "127.0.0.1", 5000)
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    # any action that serves something binds to loopback by default
+    parser = build_parser()
+    subs = next(a.choices for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, sub in subs.items():
+        for action in sub._actions:
+            if "--host" in action.option_strings:
+                assert action.default == "127.0.0.1", f"automl {name} --host defaults to {action.default}"
+
+
+def _python_sources() -> list[Path]:
+    return sorted(p for d in ("automl", "trainer") for p in (REPO / d).rglob("*.py"))
+
+
+def test_lint_no_shell_true_or_os_system():
+    """Lint-style guard: no subprocess call with shell=True, no os.system/os.popen (user strings never reach a
+    shell)."""
+    found = []
+    for path in _python_sources():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            fn = ast.unparse(node.func)
+            if fn in ("os.system", "os.popen") or any(
+                    k.arg == "shell" and not (isinstance(k.value, ast.Constant) and k.value.value is False)
+                    for k in node.keywords):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)[:120]}")
+    assert not found, "\n".join(found)
+
+
+def test_lint_every_torch_load_is_weights_only():
+    """Lint-style guard: every torch.load (and Lightning's checkpoint restore) passes weights_only=True, so that a
+    checkpoint cannot run code when it is read (behaviour: test_checkpoints.py::
+    test_a_pickle_that_would_run_code_is_refused_and_not_run and test_bad_input.py's resume tests)."""
+    found = []
+    for path in _python_sources():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            fn = ast.unparse(node.func)
+            restores = any(k.arg == "ckpt_path" for k in node.keywords)
+            if fn.endswith("torch.load") or restores:
+                safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                           for k in node.keywords)
+                if not safe:
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)[:120]}")
+    assert not found, "\n".join(found)
