@@ -8,8 +8,8 @@ from typing import Any, Optional
 
 import pytest
 
-# keep each test process to the machine's cores without oversubscription from torch's intra-op pool
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# one torch thread per test process: on 2 (often busy) cores more threads only oversubscribe
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TINY_MODEL = {
     "model_type": "MetricDepthAnything",

@@ -130,3 +130,57 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
         generate_dataset(tmp_path, 2, layout="kitti", progress=False)
     with pytest.raises(ValueError, match="scenes"):
         generate_dataset(tmp_path, 2, scenes=3, progress=False)
+
+
+def test_camera_prior_is_hand_held_and_looks_across_the_room() -> None:
+    from trainer.data.synth import _camera_rays, _cast, random_camera, random_scene
+
+    open_views = 0
+    for seed in range(24):
+        scene = random_scene(np.random.default_rng([seed, 0]))
+        cam = random_camera(scene, np.random.default_rng([seed, 1]), SMALL)
+        fwd, right = cam.rotation[:, 2], cam.rotation[:, 0]
+        assert 1.2 <= cam.position[1] <= 1.6  # at chest / eye height, like NYU's hand-held Kinect
+        assert -0.41 <= math.asin(fwd[1]) <= 0.0  # about level, a little down
+        assert abs(right[1]) < 0.15  # little roll
+        assert 56 <= math.degrees(2 * math.atan(SMALL[1] / 2 / cam.fx)) <= 62
+        assert all(0 < cam.position[k] < scene.size[k] for k in range(3))
+        o, d = _camera_rays(cam, SMALL, step=4)
+        open_views += float(np.median(_cast(scene, o, d)[0])) >= 1.8
+    assert open_views >= 22  # rarely blocked by a nearby surface
+
+
+def test_ambient_occlusion_darkens_the_floor_where_it_meets_furniture() -> None:
+    from trainer.data.synth import Box
+
+    size = (90, 120)
+    flat = Material("plain", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 1.0, 0.0, (0.0, 0.0))  # a uniform albedo
+    scene = Scene(size=(4.0, 3.0, 6.0), room_materials=(0, 0, 0, 0, 0, 0), materials=[flat],
+                  boxes=[Box((2.0, 0.3, 3.5), (0.5, 0.3, 0.3), 0.0, 0)], lights=[], ambient=0.3)
+    cam = looking_along_z((2.0, 1.5, 1.0), fx=50.0, size=size)
+    rgb, depth = render(scene, cam, size)
+
+    def pixel(x: float, z: float) -> tuple[int, int]:  # the floor point (x, 0, z) in the image
+        rel_x, rel_y, rel_z = x - 2.0, 0.0 - 1.5, z - 1.0
+        return int(size[0] / 2 + 50.0 * -rel_y / rel_z), int(size[1] / 2 + 50.0 * -rel_x / rel_z)
+
+    contact, open_floor = pixel(2.0, 3.15), pixel(3.2, 3.15)  # 5 cm before the box / 70 cm to its side
+    assert depth[contact] == pytest.approx(depth[open_floor], abs=0.05)
+    assert rgb[contact].mean() < 0.85 * rgb[open_floor].mean()
+
+
+def test_floor_tiles_have_a_physical_size_so_their_image_density_follows_distance() -> None:
+    size = (64, 160)
+    tiles = Material("tiles", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 2.0, 0.0, (0.0, 0.0), gap=0.02)  # 0.5 m tiles
+    scene = Scene(size=(8.0, 4.0, 8.0), room_materials=(0, 0, 0, 0, 0, 0), materials=[tiles], lights=[],
+                  ambient=0.3)
+    down = np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0]], np.float32).T  # columns: right, down, forward (-y)
+    for height in (1.5, 3.0):
+        cam = Camera((4.0, height, 4.0), down, 100.0, 100.0, size[1] / 2, size[0] / 2)
+        rgb, depth = render(scene, cam, size)
+        np.testing.assert_allclose(depth, height, atol=1e-4)
+        profile = rgb.astype(float).mean(axis=(0, 2))  # grout lines across the image: brighter columns
+        bright = profile > profile.mean() + 0.3 * (profile.max() - profile.mean())
+        lines = int(np.sum(bright[1:] & ~bright[:-1]) + bright[0])
+        expected = size[1] / (100.0 * 0.5 / height)  # image width / (fx * tile size / distance)
+        assert abs(lines - expected) <= 1.0, (height, lines, expected)

@@ -195,6 +195,8 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
     if resume and not Path(resume).is_file():
         raise CheckpointError(f"train.resume_training_checkpoint_path: file not found: {resume}")
 
+    if t.num_threads:
+        torch.set_num_threads(int(t.num_threads))
     pl.seed_everything(int(t.seed), workers=True, verbose=False)
     torch.backends.cudnn.benchmark = bool(t.cudnn.benchmark)
     torch.backends.cudnn.deterministic = bool(t.cudnn.deterministic)

@@ -14,7 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # The embedded default: a tiny ViT + DPT trained from scratch on synthetic NYU-style rooms, sized so that the
 # demo runs on a 2-core CPU in minutes. Everything else keeps the spec defaults (TAO's).
-DEMO_DATA = {"num": 240, "size": (120, 160), "seed": 0, "layout": "nyu"}
+DEMO_DATA = {"num": 480, "size": (120, 160), "seed": 0, "layout": "nyu"}
 
 
 def demo_spec_tree(results_dir: str = "results/demo") -> dict[str, Any]:
@@ -36,12 +36,13 @@ def demo_spec_tree(results_dir: str = "results/demo") -> dict[str, Any]:
                             "batch_size": 8, "workers": 0, "pin_memory": False, "augmentation": aug},
         },
         "train": {
-            "num_epochs": 8,
+            "num_epochs": 12,
+            "num_threads": 1,  # a 2-core CPU: one thread for the model, one for the data loader
             "seed": 0,
             "checkpoint_interval": 1,
             "initial_validation": True,
             "clip_grad_norm": 1.0,
-            "optim": {"lr": 5e-4, "head_lr_multiplier": 2.0, "weight_decay": 0.01, "lr_scheduler": "LambdaLR",
+            "optim": {"lr": 1e-3, "head_lr_multiplier": 2.0, "weight_decay": 0.01, "lr_scheduler": "LambdaLR",
                       "warmup_steps": 20},
         },
         "automl": {"num_trials": 6, "max_concurrent": 2, "cpus_per_trial": 1, "scheduler": "asha",

@@ -440,6 +440,8 @@ def _validate_values(spec: DictConfig, action: Optional[str], origin_of: Callabl
     for k in ("checkpoint_interval", "validation_interval", "accumulate_grad_batches", "log_every_n_steps"):
         if t[k] < 1:
             bad(f"train.{k}", f"found {t[k]}, expected an integer >= 1")
+    if t.num_threads is not None and t.num_threads < 1:
+        bad("train.num_threads", f"found {t.num_threads}, expected an integer >= 1 or null")
     if t.max_steps_per_epoch is not None and t.max_steps_per_epoch < 1:
         bad("train.max_steps_per_epoch", f"found {t.max_steps_per_epoch}, expected an integer >= 1 or null")
     if t.clip_grad_norm < 0:

@@ -217,6 +217,7 @@ class TrainConfig:
     # (ours)
     accumulate_grad_batches: int = 1
     max_steps_per_epoch: Optional[int] = None  # cap on optimizer steps per epoch (quick runs)
+    num_threads: Optional[int] = None  # (ours) torch CPU threads; null: torch's default (1 suits small CPU boxes)
     initial_validation: bool = False  # validate once before training (recorded as epoch -1: the starting point)
     # fast path (docs/benchmarks.md); None = on when training on a GPU, off on the CPU
     compile: Optional[bool] = None  # torch.compile the backbone blocks and the DPT head for training (regional)

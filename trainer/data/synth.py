@@ -1,12 +1,21 @@
 """Procedural RGB-D scenes: indoor-like rooms rendered by vectorised ray casting, with exact metric depth.
 
 No public depth dataset can be downloaded where this project is tested, so this module makes one. A scene is a
-box room (floor, four walls, ceiling) holding boxes (furniture, and thin wall-mounted panels), spheres and
-vertical cylinders at random poses. Surfaces carry procedural textures (checker tiles, stripes/planks, value
-noise) whose apparent frequency shrinks with distance, and are lit by an ambient term plus 1-2 point lights with
-Lambert shading, distance falloff and shadow rays; room corners get a little ambient occlusion. A pinhole camera
-at a random pose inside the room looks across it. Depth is z-depth along the optical axis (metres), exact per
-pixel: perspective, texture gradients, occlusion and shading all agree with it, so it is learnable from the image.
+box room (floor, four walls, ceiling) holding furniture-like boxes, tables on legs, doors and pictures on the walls,
+spheres and vertical cylinders. The image carries the cues a monocular depth model uses, each tied to the metric
+geometry rather than drawn independently of it:
+
+- perspective under an NYU-like camera prior: a hand-held camera at 1.2-1.6 m, about level (pitched a little
+  down), ~58 deg field of view, mostly standing near one wall and looking across the room, in rooms of realistic
+  size (3-6.5 m); the floor plane, its vanishing lines and where objects and walls meet the floor fix the scale;
+- texture gradients: floors, walls and furniture carry textures of a physical scale drawn from a realistic range
+  (floor tiles 0.3-0.6 m with grout, planks 0.1-0.2 m wide, wallpaper stripes, carpet, skirting boards), so
+  their on-screen density and blur follow distance and surface slant;
+- shading: ceiling point lights with inverse-square falloff, Lambert shading and shadow rays, plus ambient
+  occlusion from the scene's signed distance field (darker room corners, contact shadows under furniture);
+- occlusion: exact per-pixel nearest hits.
+
+Depth is z-depth along the optical axis (metres), exact per pixel.
 
 Determinism: frame i of `generate_dataset` depends only on (seed, i) and the frame->scene assignment; scene s
 on (seed, s). Results are identical whether frames are rendered in one process or many.
@@ -44,12 +53,13 @@ _F = np.float32
 # Scene description
 # --------------------------------------------------------------------------------------------------------------
 
-PATTERNS = ("plain", "checker", "stripes", "noise")
+PATTERNS = ("plain", "checker", "stripes", "noise", "tiles", "planks")
 
 
 @dataclass(frozen=True)
 class Material:
-    """A procedural texture: `pattern` mixes colours `c1`/`c2` (linear RGB) at `freq` cycles per metre."""
+    """A procedural texture at a physical scale: `pattern` mixes colours `c1`/`c2` (linear RGB) at `freq` cycles
+    per metre (tiles: 1 / tile size; planks: 1 / plank width), so its density on screen follows distance."""
 
     pattern: str
     c1: tuple[float, float, float]
@@ -57,6 +67,8 @@ class Material:
     freq: float
     grain: float  # amplitude of fine albedo noise
     offset: tuple[float, float]  # texture-space offset (also selects the noise lattice region)
+    gap: float = 0.0  # tiles / planks: width in metres of the darker grout or gap lines
+    aspect: float = 1.0  # planks: length / width
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,8 @@ class Scene:
     lights: list[Light] = field(default_factory=list)
     ambient: float = 0.3
     noise: np.ndarray = field(default_factory=lambda: np.zeros((64, 64), _F))  # value-noise lattice
+    baseboard: float = 0.0  # height (m) of a skirting board along the bottom of the walls (0: none)
+    baseboard_material: int = 0
 
 
 @dataclass(frozen=True)
@@ -114,10 +128,10 @@ class Camera:
     cy: float
 
 
-def _color(rng: np.random.Generator, sat: tuple[float, float] = (0.1, 0.6),
-           val: tuple[float, float] = (0.25, 0.85)) -> tuple[float, float, float]:
+def _color(rng: np.random.Generator, sat: tuple[float, float] = (0.1, 0.6), val: tuple[float, float] = (0.25, 0.85),
+           hue: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float, float]:
     """A random colour in linear RGB from HSV ranges."""
-    h, s, v = rng.uniform(0, 1), rng.uniform(*sat), rng.uniform(*val)
+    h, s, v = rng.uniform(*hue) % 1.0, rng.uniform(*sat), rng.uniform(*val)
     i = int(h * 6) % 6
     f = h * 6 - int(h * 6)
     p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
@@ -125,35 +139,98 @@ def _color(rng: np.random.Generator, sat: tuple[float, float] = (0.1, 0.6),
     return tuple(float(c) ** 2.2 for c in rgb)  # type: ignore[return-value]
 
 
-def _material(rng: np.random.Generator, pattern: Optional[str] = None, freq: Optional[tuple[float, float]] = None,
-              sat: tuple[float, float] = (0.1, 0.6), val: tuple[float, float] = (0.25, 0.85)) -> Material:
-    pattern = pattern or str(rng.choice(PATTERNS, p=[0.2, 0.25, 0.3, 0.25]))
+def _shade(c: tuple[float, float, float], k: float) -> tuple[float, float, float]:
+    return tuple(float(v) * k for v in c)  # type: ignore[return-value]
+
+
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(np.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def _offset(rng: np.random.Generator) -> tuple[float, float]:
+    return float(rng.uniform(0, 50)), float(rng.uniform(0, 50))
+
+
+def _floor_material(rng: np.random.Generator) -> Material:
+    kind = rng.choice(["tiles", "planks", "carpet"], p=[0.35, 0.4, 0.25])
+    if kind == "tiles":  # ceramic / stone tiles, 30-60 cm, lighter grout
+        c1 = _color(rng, (0.0, 0.25), (0.45, 0.85))
+        return Material("tiles", c1, _shade(c1, float(rng.uniform(0.75, 0.92))), 1.0 / float(rng.uniform(0.3, 0.6)),
+                        float(rng.uniform(0.03, 0.08)), _offset(rng), gap=float(rng.uniform(0.005, 0.012)))
+    if kind == "planks":  # wooden boards 10-20 cm wide, 6-10x as long, staggered
+        c1 = _color(rng, (0.35, 0.65), (0.3, 0.75), hue=(0.04, 0.11))
+        return Material("planks", c1, _shade(c1, float(rng.uniform(0.6, 0.85))), 1.0 / float(rng.uniform(0.1, 0.2)),
+                        float(rng.uniform(0.05, 0.12)), _offset(rng), gap=float(rng.uniform(0.002, 0.005)),
+                        aspect=float(rng.uniform(6, 10)))
+    c1 = _color(rng, (0.05, 0.45), (0.25, 0.7))  # carpet: blotches of 20-50 cm and a fine pile
+    return Material("noise", c1, _shade(c1, float(rng.uniform(0.6, 0.8))), 1.0 / float(rng.uniform(0.2, 0.5)),
+                    float(rng.uniform(0.12, 0.2)), _offset(rng))
+
+
+def _wall_material(rng: np.random.Generator, accent: bool = False) -> Material:
+    sat, val = ((0.1, 0.5), (0.35, 0.85)) if accent else ((0.0, 0.3), (0.55, 0.95))
     c1 = _color(rng, sat, val)
-    c2 = _color(rng, sat, val) if rng.random() < 0.6 else tuple(c * float(rng.uniform(0.35, 0.7)) for c in c1)
-    lo, hi = freq or {"plain": (2, 6), "checker": (1, 5), "stripes": (2, 10), "noise": (2, 12)}[pattern]
-    return Material(pattern, c1, c2, float(np.exp(rng.uniform(np.log(lo), np.log(hi)))),  # type: ignore[arg-type]
-                    float(rng.uniform(0.03, 0.12)), (float(rng.uniform(0, 50)), float(rng.uniform(0, 50))))
+    kind = rng.choice(["plain", "stripes", "noise"], p=[0.6, 0.25, 0.15])
+    if kind == "stripes":  # wallpaper: stripes 8-30 cm apart
+        c2 = _color(rng, sat, val) if rng.random() < 0.5 else _shade(c1, float(rng.uniform(0.7, 0.9)))
+        return Material("stripes", c1, c2, 1.0 / float(rng.uniform(0.08, 0.3)), float(rng.uniform(0.02, 0.06)),
+                        _offset(rng))
+    if kind == "noise":  # textured plaster
+        return Material("noise", c1, _shade(c1, float(rng.uniform(0.75, 0.9))), 1.0 / float(rng.uniform(0.3, 0.8)),
+                        float(rng.uniform(0.04, 0.1)), _offset(rng))
+    return Material("plain", c1, c1, 1.0 / float(rng.uniform(0.5, 1.5)), float(rng.uniform(0.02, 0.06)),
+                    _offset(rng))
+
+
+def _object_material(rng: np.random.Generator, val: tuple[float, float] = (0.15, 0.85)) -> Material:
+    kind = rng.choice(["plain", "wood", "fabric", "checker", "stripes"], p=[0.3, 0.25, 0.2, 0.1, 0.15])
+    if kind == "wood":  # boards / veneer 5-15 cm wide
+        c1 = _color(rng, (0.3, 0.65), (0.2, 0.7), hue=(0.03, 0.11))
+        return Material("planks", c1, _shade(c1, float(rng.uniform(0.65, 0.85))), 1.0 / float(rng.uniform(0.05, 0.15)),
+                        float(rng.uniform(0.06, 0.12)), _offset(rng), gap=0.002, aspect=float(rng.uniform(4, 12)))
+    c1 = _color(rng, (0.05, 0.65), val)
+    c2 = _color(rng, (0.05, 0.65), val) if rng.random() < 0.5 else _shade(c1, float(rng.uniform(0.4, 0.75)))
+    if kind == "fabric":
+        return Material("noise", c1, c2, 1.0 / float(rng.uniform(0.05, 0.25)), float(rng.uniform(0.1, 0.2)),
+                        _offset(rng))
+    if kind == "checker":
+        return Material("checker", c1, c2, 1.0 / float(rng.uniform(0.05, 0.2)), float(rng.uniform(0.03, 0.08)),
+                        _offset(rng))
+    if kind == "stripes":
+        return Material("stripes", c1, c2, 1.0 / float(rng.uniform(0.04, 0.2)), float(rng.uniform(0.03, 0.08)),
+                        _offset(rng))
+    return Material("plain", c1, c1, 1.0 / float(rng.uniform(0.3, 1.0)), float(rng.uniform(0.02, 0.08)),
+                    _offset(rng))
 
 
 def random_scene(rng: np.random.Generator) -> Scene:
-    """A furnished room with random dimensions, materials, objects and lights."""
-    W, H, D = float(rng.uniform(3.0, 6.5)), float(rng.uniform(2.4, 3.1)), float(rng.uniform(3.0, 7.5))
+    """A furnished room of realistic size with physically scaled materials, objects and ceiling lights."""
+    W, H, D = float(rng.uniform(3.0, 6.5)), float(rng.uniform(2.4, 3.0)), float(rng.uniform(3.0, 6.5))
     mats: list[Material] = []
 
     def add(m: Material) -> int:
         mats.append(m)
         return len(mats) - 1
 
-    floor = add(_material(rng, str(rng.choice(["checker", "stripes", "noise"])), val=(0.2, 0.7)))
-    wall = add(_material(rng, str(rng.choice(["plain", "stripes", "noise"], p=[0.5, 0.25, 0.25])),
-                         freq=(1.5, 6), sat=(0.0, 0.35), val=(0.5, 0.95)))
-    accent = add(_material(rng, sat=(0.1, 0.5), val=(0.4, 0.9))) if rng.random() < 0.5 else wall
-    ceiling = add(_material(rng, "plain", sat=(0.0, 0.1), val=(0.8, 0.97)))
+    floor = add(_floor_material(rng))
+    wall = add(_wall_material(rng))
+    accent = add(_wall_material(rng, accent=True)) if rng.random() < 0.4 else wall
+    if rng.random() < 0.75:
+        c = _color(rng, (0.0, 0.08), (0.8, 0.97))
+        ceiling = add(Material("plain", c, c, 1.0, 0.02, _offset(rng)))
+    else:  # suspended ceiling: 60 cm tiles
+        c = _color(rng, (0.0, 0.08), (0.75, 0.95))
+        ceiling = add(Material("tiles", c, _shade(c, 0.95), 1.0 / 0.6, 0.03, _offset(rng), gap=0.02))
     walls = [wall, wall, wall, wall]
     walls[int(rng.integers(4))] = accent
+    baseboard, base_mat = 0.0, 0
+    if rng.random() < 0.7:
+        c = _color(rng, (0.0, 0.1), (0.85, 0.97)) if rng.random() < 0.6 else \
+            _color(rng, (0.3, 0.6), (0.15, 0.45), hue=(0.04, 0.1))
+        baseboard, base_mat = float(rng.uniform(0.06, 0.14)), add(Material("plain", c, c, 1.0, 0.02, _offset(rng)))
     scene = Scene(size=(W, H, D), room_materials=(walls[0], walls[1], floor, ceiling, walls[2], walls[3]),
-                  materials=mats, ambient=float(rng.uniform(0.12, 0.3)),
-                  noise=rng.random((64, 64)).astype(_F))
+                  materials=mats, ambient=float(rng.uniform(0.06, 0.15)), noise=rng.random((64, 64)).astype(_F),
+                  baseboard=baseboard, baseboard_material=base_mat)
     footprints: list[tuple[float, float, float]] = []  # (x, z, radius) on the floor
 
     def place(radius: float, near_wall: bool) -> Optional[tuple[float, float]]:
@@ -161,97 +238,134 @@ def random_scene(rng: np.random.Generator) -> Scene:
             if near_wall:  # sides 0/1: the x = 0 / x = W walls (run along z); 2/3: z = 0 / z = D
                 side = int(rng.integers(4))
                 t = rng.uniform(radius + 0.05, (D if side < 2 else W) - radius - 0.05)
-                gap = radius + float(rng.uniform(0.02, 0.3))
+                gap = radius + float(rng.uniform(0.02, 0.2))
                 x, z = [(gap, t), (W - gap, t), (t, gap), (t, D - gap)][side]
             else:
-                x, z = rng.uniform(radius + 0.2, W - radius - 0.2), rng.uniform(radius + 0.2, D - radius - 0.2)
+                x, z = rng.uniform(radius + 0.3, W - radius - 0.3), rng.uniform(radius + 0.3, D - radius - 0.3)
             if all((x - fx) ** 2 + (z - fz) ** 2 > (radius + fr + 0.05) ** 2 for fx, fz, fr in footprints):
                 footprints.append((float(x), float(z), radius))
                 return float(x), float(z)
         return None
 
-    for _ in range(int(rng.integers(2, 7))):  # furniture-like boxes
-        hx, hz = float(rng.uniform(0.15, 0.8)), float(rng.uniform(0.15, 0.6))
-        hy = float(rng.uniform(0.15, 0.95))
-        near = rng.random() < 0.6
+    def on_top(x: float, top: float, z: float, room: float) -> None:
+        r = float(rng.uniform(0.05, min(0.2, room)))
+        if rng.random() < 0.5:
+            scene.spheres.append(Sphere((x, top + r, z), r, add(_object_material(rng))))
+        else:
+            scene.cylinders.append(Cylinder((x, top, z), r, float(rng.uniform(0.1, 0.45)), add(_object_material(rng))))
+
+    for _ in range(int(rng.integers(2, 6))):  # cabinets, shelves, beds, sofas: mostly against the walls
+        hx, hz = float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.2, 0.5))
+        hy = float(rng.uniform(0.2, 0.5)) if rng.random() < 0.5 else float(rng.uniform(0.5, 1.0))
+        near = rng.random() < 0.75
         spot = place(math.hypot(hx, hz), near)
         if spot is None:
             continue
-        yaw = float(rng.normal(0, 0.08)) if near else float(rng.uniform(0, math.pi))
-        m = add(_material(rng))
-        scene.boxes.append(Box((spot[0], hy, spot[1]), (hx, hy, hz), yaw, m))
-        if rng.random() < 0.35:  # something on top
-            r = float(rng.uniform(0.06, min(0.25, hx, hz)))
-            if rng.random() < 0.5:
-                scene.spheres.append(Sphere((spot[0], 2 * hy + r, spot[1]), r, add(_material(rng))))
-            else:
-                scene.cylinders.append(Cylinder((spot[0], 2 * hy, spot[1]), r, float(rng.uniform(0.1, 0.5)),
-                                                add(_material(rng))))
-    for _ in range(int(rng.integers(0, 4))):  # spheres on the floor
-        r = float(rng.uniform(0.1, 0.45))
+        yaw = float(rng.normal(0, 0.05)) if near else float(rng.uniform(0, math.pi))
+        scene.boxes.append(Box((spot[0], hy, spot[1]), (hx, hy, hz), yaw, add(_object_material(rng))))
+        if rng.random() < 0.35:
+            on_top(spot[0], 2 * hy, spot[1], min(hx, hz))
+    for _ in range(int(rng.integers(0, 2)) + int(rng.random() < 0.3)):  # tables on four legs
+        hx, hz = float(rng.uniform(0.35, 0.8)), float(rng.uniform(0.3, 0.5))
+        spot = place(math.hypot(hx, hz), rng.random() < 0.3)
+        if spot is None:
+            continue
+        top, th, leg = float(rng.uniform(0.7, 0.78)), float(rng.uniform(0.015, 0.03)), float(rng.uniform(0.02, 0.04))
+        yaw = float(rng.uniform(0, math.pi))
+        m = add(_object_material(rng))
+        scene.boxes.append(Box((spot[0], top - th, spot[1]), (hx, th, hz), yaw, m))
+        c, s = math.cos(yaw), math.sin(yaw)
+        for sx, sz in ((-1, -1), (-1, 1), (1, -1), (1, 1)):
+            lx, lz = sx * (hx - 2 * leg), sz * (hz - 2 * leg)  # box frame -> world (inverse of _to_local)
+            wx, wz = spot[0] + c * lx + s * lz, spot[1] - s * lx + c * lz
+            scene.boxes.append(Box((wx, (top - 2 * th) / 2, wz), (leg, (top - 2 * th) / 2, leg), yaw, m))
+        if rng.random() < 0.5:
+            on_top(spot[0], top, spot[1], min(hx, hz) * 0.6)
+    for _ in range(int(rng.integers(0, 3))):  # balls, pouffes
+        r = float(rng.uniform(0.1, 0.35))
         spot = place(r, False)
         if spot is not None:
-            scene.spheres.append(Sphere((spot[0], r, spot[1]), r, add(_material(rng))))
-    for _ in range(int(rng.integers(0, 4))):  # columns, bins, lamps
-        r = float(rng.uniform(0.08, 0.4))
-        spot = place(r, rng.random() < 0.5)
+            scene.spheres.append(Sphere((spot[0], r, spot[1]), r, add(_object_material(rng))))
+    for _ in range(int(rng.integers(0, 4))):  # bins, lamps, columns, plants' pots
+        r = float(rng.uniform(0.08, 0.35))
+        spot = place(r, rng.random() < 0.6)
         if spot is not None:
-            scene.cylinders.append(Cylinder((spot[0], 0.0, spot[1]), r, float(rng.uniform(0.3, min(2.2, H - 0.2))),
-                                            add(_material(rng))))
-    for _ in range(int(rng.integers(0, 4))):  # pictures / panels on walls (thin boxes)
+            scene.cylinders.append(Cylinder((spot[0], 0.0, spot[1]), r, float(rng.uniform(0.3, min(2.0, H - 0.3))),
+                                            add(_object_material(rng))))
+    panels = (["door"] if rng.random() < 0.5 else []) + ["picture"] * int(rng.integers(0, 4))
+    for kind in panels:  # doors (from the floor) and pictures / windows on the walls: thin boxes
         side = int(rng.integers(4))
         span = W if side >= 2 else D
-        hw_, hh = float(rng.uniform(0.2, min(0.8, span / 4))), float(rng.uniform(0.15, 0.5))
+        if kind == "door":
+            hw_, hh = float(rng.uniform(0.4, 0.48)), float(rng.uniform(0.98, 1.05))
+            y, th, mat = hh, float(rng.uniform(0.02, 0.04)), add(_object_material(rng, val=(0.3, 0.9)))
+        else:
+            hw_, hh = float(rng.uniform(0.2, min(0.8, span / 4))), float(rng.uniform(0.15, 0.5))
+            y, th = float(rng.uniform(max(hh + 0.7, 1.1), H - hh - 0.15)), float(rng.uniform(0.015, 0.05))
+            mat = add(_object_material(rng, val=(0.1, 0.95)))
+        if span < 2 * hw_ + 0.3:
+            continue
         t = float(rng.uniform(hw_ + 0.1, span - hw_ - 0.1))
-        y = float(rng.uniform(max(hh + 0.6, 1.0), H - hh - 0.15))
-        th = float(rng.uniform(0.015, 0.06))
         center, half = [((th, y, t), (th, hh, hw_)), ((W - th, y, t), (th, hh, hw_)),
                         ((t, y, th), (hw_, hh, th)), ((t, y, D - th), (hw_, hh, th))][side]
-        scene.boxes.append(Box(center, half, 0.0, add(_material(rng, val=(0.1, 0.9)))))
-    for k in range(int(rng.integers(1, 3))):
+        scene.boxes.append(Box(center, half, 0.0, mat))
+    n_lights = int(rng.integers(1, 3))
+    for k in range(n_lights):  # ceiling lamps
         for _ in range(20):  # not inside a tall object
-            pos = (float(rng.uniform(0.3, W - 0.3)), float(H - rng.uniform(0.15, 0.5)),
-                   float(rng.uniform(0.3, D - 0.3)))
+            pos = (float(rng.uniform(0.25, 0.75) * W), float(H - rng.uniform(0.1, 0.4)),
+                   float(rng.uniform(0.25, 0.75) * D))
             if not _inside_any(scene, np.asarray(pos), margin=0.1):
                 break
-        warm = float(rng.uniform(-0.15, 0.15))
-        scene.lights.append(Light(pos, float(rng.uniform(1.5, 3.0)) / (1 + k * 0.5),
-                                  (1.0 + warm, 1.0, 1.0 - warm)))
+        warm = float(rng.uniform(-0.05, 0.2))
+        scene.lights.append(Light(pos, float(rng.uniform(3.0, 5.0)) / (1 + 0.5 * k), (1.0 + warm, 1.0, 1.0 - warm)))
     scene.materials = mats
     return scene
 
 
 def random_camera(scene: Scene, rng: np.random.Generator, size: tuple[int, int]) -> Camera:
-    """A camera inside the room, away from objects, looking across the room at a point 1.5+ m away; poses
-    whose view is mostly blocked by a nearby surface (median depth < 1.2 m on a coarse grid) are redrawn."""
-    cam = _random_pose(scene, rng, size)
-    for _ in range(15):
-        o, d = _camera_rays(cam, size, step=max(1, min(size) // 12))
-        if float(np.median(_cast(scene, o, d)[0])) >= 1.2:
-            break
+    """A hand-held camera pose (see `_random_pose`); poses whose view is mostly blocked by a nearby surface
+    (median depth < 1.8 m, or over 15% of it within 1 m, on a coarse grid) are redrawn (the most open of
+    20 draws is kept)."""
+    best, best_med = None, -1.0
+    for _ in range(20):
         cam = _random_pose(scene, rng, size)
-    return cam
+        o, d = _camera_rays(cam, size, step=max(1, min(size) // 12))
+        z = _cast(scene, o, d)[0]
+        med = float(np.median(z))
+        if med >= 1.8 and float((z < 1.0).mean()) <= 0.15:
+            return cam
+        if med > best_med:
+            best, best_med = cam, med
+    return best  # type: ignore[return-value]
 
 
 def _random_pose(scene: Scene, rng: np.random.Generator, size: tuple[int, int]) -> Camera:
+    """NYU-like: a person holding the camera at 1.2-1.6 m, about level and a little down; mostly (85%) standing
+    0.3-1.3 m from one wall and looking across the room (towards its middle, give or take), otherwise anywhere
+    looking anywhere."""
     W, H, D = scene.size
     h, w = size
     hfov = math.radians(float(rng.uniform(56, 62)))  # about NYU's Kinect (58 deg)
     fx = (w / 2) / math.tan(hfov / 2)
+    pos, yaw = np.array([W / 2, min(1.4, H - 0.3), D / 2]), 0.0
     for _ in range(100):
-        # a hand-held camera at eye/chest height, as in NYU: this prior is what makes the floor's perspective a cue
-        pos = np.array([rng.uniform(0.3, W - 0.3), rng.uniform(1.2, min(1.6, H - 0.3)), rng.uniform(0.3, D - 0.3)])
-        if not _inside_any(scene, pos, margin=0.25):
+        if rng.random() < 0.85:
+            side = int(rng.integers(4))  # 0: at x = 0, facing +x; 1: x = W, -x; 2: z = 0, +z; 3: z = D, -z
+            t = float(rng.uniform(0.2, 0.8)) * (D if side < 2 else W)
+            off = float(rng.uniform(0.3, 1.3))
+            x, z = [(off, t), (W - off, t), (t, off), (t, D - off)][side]
+            facing = [math.pi / 2, -math.pi / 2, 0.0, math.pi][side]
+            to_centre = math.atan2(W / 2 - x, D / 2 - z)
+            turn = (to_centre - facing + math.pi) % (2 * math.pi) - math.pi
+            yaw = facing + turn * float(rng.uniform(0.5, 1.0)) + float(rng.normal(0, 0.25))
+        else:
+            x, z = float(rng.uniform(0.4, W - 0.4)), float(rng.uniform(0.4, D - 0.4))
+            yaw = float(rng.uniform(-math.pi, math.pi))
+        pos = np.array([x, rng.uniform(1.2, min(1.6, H - 0.3)), z])
+        if not _inside_any(scene, pos, margin=0.3):
             break
-    target = pos
-    for _ in range(100):
-        target = np.array([rng.uniform(0.2, W - 0.2), rng.uniform(0.2, 1.4), rng.uniform(0.2, D - 0.2)])
-        if np.linalg.norm((target - pos)[[0, 2]]) > 1.5:
-            break
-    f = target - pos
-    yaw = math.atan2(f[0], f[2]) + float(rng.normal(0, 0.1))
-    pitch = float(np.clip(rng.normal(-0.15, 0.08), -0.35, 0.05))  # slightly down, rarely up
-    roll = float(rng.normal(0, 0.03))
+    pitch = float(np.clip(rng.normal(-0.2, 0.06), -0.4, 0.0))  # 11 deg down on average, never up
+    roll = float(rng.normal(0, 0.025))
     fwd = np.array([math.sin(yaw) * math.cos(pitch), math.sin(pitch), math.cos(yaw) * math.cos(pitch)])
     right = np.cross(fwd, [0.0, 1.0, 0.0])
     right /= np.linalg.norm(right)
@@ -364,12 +478,49 @@ def _hit_cylinder(o: Vec, d: Vec, cy: Cylinder, parts: bool = False) -> tuple[np
     return best, part
 
 
-def _hit(o: Vec, d: Vec, ob, detail: bool = False) -> tuple[np.ndarray, Optional[np.ndarray]]:
+def _hit_exact(o: Vec, d: Vec, ob, detail: bool = False) -> tuple[np.ndarray, Optional[np.ndarray]]:
     if isinstance(ob, Box):
         return _hit_box(o, d, ob, detail)
     if isinstance(ob, Sphere):
         return _hit_sphere(o, d, ob), None
     return _hit_cylinder(o, d, ob, detail)
+
+
+def _bounds(ob) -> tuple[tuple[float, float, float], float]:
+    """A bounding sphere (centre, radius) of an object, slightly inflated."""
+    if isinstance(ob, Box):
+        centre, radius = ob.center, math.sqrt(sum(h * h for h in ob.half))
+    elif isinstance(ob, Sphere):
+        centre, radius = ob.center, ob.radius
+    else:
+        centre, radius = (ob.base[0], ob.base[1] + ob.height / 2, ob.base[2]), math.hypot(ob.radius, ob.height / 2)
+    return centre, radius * 1.01 + 1e-3
+
+
+def _hit(o: Vec, d: Vec, ob, detail: bool = False) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """(t, part) as `_hit_exact`, computed only for the rays that pass through the object's bounding sphere
+    (the same values, since each ray is computed alone; most objects cover a small part of the view)."""
+    if isinstance(ob, Sphere):
+        return _hit_exact(o, d, ob, detail)
+    centre, radius = _bounds(ob)
+    oc = [np.float32(centre[k]) - o[k] for k in range(3)]
+    dd = d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
+    b = d[0] * oc[0] + d[1] * oc[1] + d[2] * oc[2]
+    cc = oc[0] * oc[0] + oc[1] * oc[1] + oc[2] * oc[2]
+    r2 = np.float32(radius * radius)
+    near = (cc * dd - b * b <= r2 * dd) & ((b > 0) | (cc <= r2))
+    idx = np.flatnonzero(near)
+    if len(idx) > 0.5 * len(near):
+        return _hit_exact(o, d, ob, detail)
+    t = np.full(len(near), np.inf, _F)
+    part = np.zeros(len(near), np.int32) if detail and not isinstance(ob, Sphere) else None
+    if len(idx):
+        o_sub = tuple(c[idx] if isinstance(c, np.ndarray) else c for c in o)
+        t_sub, p_sub = _hit_exact(o_sub, tuple(c[idx] for c in d), ob, detail)
+        t[idx] = t_sub
+        if part is not None and p_sub is not None:
+            part[idx] = p_sub
+    return t, part
 
 
 def _occluded(o: Vec, d: Vec, scene: Scene) -> np.ndarray:
@@ -436,7 +587,7 @@ def render(scene: Scene, cam: Camera, size: tuple[int, int], rng: Optional[np.ra
     uv = [np.zeros(n_pix, _F), np.zeros(n_pix, _F)]
     mat = np.zeros(n_pix, np.int32)
 
-    # room surfaces: inward normals; texture coordinates from the two in-plane world axes
+    # room surfaces: inward normals; texture coordinates from the two in-plane world axes (floor: x, z)
     r = obj < 0
     for face in range(6):
         m = r & (room_face == face)
@@ -447,6 +598,8 @@ def render(scene: Scene, cam: Camera, size: tuple[int, int], rng: Optional[np.ra
         a, b = {0: (2, 1), 1: (0, 2), 2: (0, 1)}[ax]
         uv[0][m], uv[1][m] = p[a][m], p[b][m]
         mat[m] = scene.room_materials[face]
+    if scene.baseboard > 0:  # skirting board along the bottom of the four walls
+        mat[r & (room_face != 2) & (room_face != 3) & (p[1] < scene.baseboard)] = scene.baseboard_material
     for k, ob in enumerate(_objects(scene)):
         m = obj == k
         if not m.any():
@@ -486,9 +639,13 @@ def render(scene: Scene, cam: Camera, size: tuple[int, int], rng: Optional[np.ra
     footprint = (t * dist_dir) / (cam.fx * np.maximum(cos, 0.2))  # metres per pixel on the surface
     albedo = _albedo(scene, mat, np.stack(uv, 1), footprint)
 
-    # lighting: ambient (hemisphere-weighted, darker in room corners) + point lights with shadows
-    irr = scene.ambient * (0.8 + 0.2 * normal[1]) * _corner_occlusion(p, r, room_face, scene.size)
+    # lighting: ambient (hemisphere-weighted) with ambient occlusion, plus ceiling lamps with inverse-square
+    # falloff, Lambert's cosine and shadow rays; direct light is also dimmed a little in occluded creases (the
+    # lamps are not points), which gives soft contact shadows under and beside furniture
+    ao = _ambient_occlusion(scene, p, normal)
+    irr = scene.ambient * (0.75 + 0.25 * normal[1]) * ao
     color = np.repeat(irr[:, None].astype(_F), 3, axis=1)
+    soft = 0.45 + 0.55 * ao
     origin = tuple(p[j] + normal[j] * np.float32(2e-3) for j in range(3))
     for light in scene.lights:
         to_l = tuple(np.float32(light.position[j]) - origin[j] for j in range(3))
@@ -498,8 +655,8 @@ def render(scene: Scene, cam: Camera, size: tuple[int, int], rng: Optional[np.ra
         vis = np.ones(n_pix, _F)
         if lit.any():
             blocked = _occluded(tuple(c[lit] for c in origin), tuple(c[lit] for c in to_l), scene)
-            vis[lit] = np.where(blocked, np.float32(0.08), np.float32(1))
-        e = light.intensity * ndl * vis / (1.0 + dist2 / 4.0)
+            vis[lit] = np.where(blocked, np.float32(0.1), np.float32(1))
+        e = light.intensity * ndl * vis * soft / (dist2 + 0.3)
         color += e[:, None] * np.asarray(light.color, _F)
     rgb_lin = albedo * color
     # auto exposure, then display gamma
@@ -511,17 +668,51 @@ def render(scene: Scene, cam: Camera, size: tuple[int, int], rng: Optional[np.ra
     return rgb8, t.reshape(h, w).astype(np.float32)
 
 
-def _corner_occlusion(p: Vec, room: np.ndarray, face: np.ndarray, size: tuple[float, float, float]) -> np.ndarray:
-    """Ambient darkening near the room's edges: distance to the nearest room plane other than the one hit."""
-    occ = np.ones(len(room), _F)
-    dists = []
-    for k in range(3):
-        c = p[k][room]
-        dists += [c, size[k] - c]  # faces 2k (minus side) and 2k+1 (plus side)
-    dist = np.stack(dists, 1)
-    dist[np.arange(len(dist)), face[room]] = np.inf
-    occ[room] = 1.0 - 0.35 * np.exp(-dist.min(axis=1) / 0.25)
-    return occ
+_AO_STEPS = ((0.04, 0.5), (0.1, 0.3), (0.22, 0.15), (0.4, 0.08))  # (distance along the normal, weight)
+
+
+def _ambient_occlusion(scene: Scene, p: Vec, normal: list) -> np.ndarray:
+    """Ambient occlusion from the scene's signed distance field: at a few points along the normal, how much
+    closer than expected the nearest other surface is (room corners and edges, under and beside furniture)."""
+    reach = max(delta for delta, _ in _AO_STEPS)
+    nearby = []  # objects with the points close enough to them to matter (the rest are at least `reach` away)
+    for ob in _objects(scene):
+        centre, radius = _bounds(ob)
+        idx = _near(p, centre, radius + 2 * reach)
+        if idx is not None:
+            nearby.append((ob, idx))
+    occ = np.zeros(len(p[0]), _F)
+    for delta, weight in _AO_STEPS:
+        q = tuple(p[j] + normal[j] * np.float32(delta) for j in range(3))
+        dist = np.full(len(q[0]), np.float32(delta))
+        for k in range(3):  # the room's planes
+            dist = np.minimum(dist, np.minimum(q[k], np.float32(scene.size[k]) - q[k]))
+        for ob, idx in nearby:
+            dist[idx] = np.minimum(dist[idx], _sdf(ob, tuple(c[idx] for c in q)))
+        occ += weight * np.maximum(delta - dist, 0) / delta
+    return np.clip(1.0 - 1.1 * occ, 0.0, 1.0).astype(_F)
+
+
+def _sdf(ob, q: Vec) -> np.ndarray:
+    """Signed distance from points q to an object's surface (negative inside)."""
+    if isinstance(ob, Box):
+        lq = _to_local(q, ob)
+        e = [np.abs(lq[j]) - np.float32(ob.half[j]) for j in range(3)]
+        out = np.sqrt(sum(np.maximum(v, 0) ** 2 for v in e))
+        return out + np.minimum(np.maximum(np.maximum(e[0], e[1]), e[2]), 0)
+    if isinstance(ob, Sphere):
+        return np.sqrt(sum((q[j] - np.float32(ob.center[j])) ** 2 for j in range(3))) - np.float32(ob.radius)
+    mid = ob.base[1] + ob.height / 2
+    er = np.sqrt((q[0] - np.float32(ob.base[0])) ** 2 + (q[2] - np.float32(ob.base[2])) ** 2) - np.float32(ob.radius)
+    ey = np.abs(q[1] - np.float32(mid)) - np.float32(ob.height / 2)
+    return np.minimum(np.maximum(er, ey), 0) + np.sqrt(np.maximum(er, 0) ** 2 + np.maximum(ey, 0) ** 2)
+
+
+def _near(q: Vec, centre: tuple[float, float, float], radius: float) -> Optional[np.ndarray]:
+    """Indices of the points within `radius` of `centre` (None when there are none)."""
+    d2 = (q[0] - np.float32(centre[0])) ** 2 + (q[1] - np.float32(centre[1])) ** 2 + (q[2] - np.float32(centre[2])) ** 2
+    idx = np.flatnonzero(d2 < np.float32(radius * radius))
+    return idx if len(idx) else None
 
 
 def _lattice(noise: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -537,6 +728,21 @@ def _lattice(noise: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return a * (1 - fy) + b * fy
 
 
+def _cell(noise: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """A pseudo-random value in [0, 1) per integer cell (i, j), from the lattice."""
+    n = noise.shape[0]
+    return noise[(j * 7 + i // n) % n, (i * 13 + j // n) % n]
+
+
+def _lines(coord: np.ndarray, period: float, width: float, footprint: np.ndarray) -> np.ndarray:
+    """Coverage in [0, 1] of lines `width` wide every `period` metres along `coord`, box-filtered by the pixel
+    footprint (so that lines too thin to resolve fade to their mean coverage instead of aliasing)."""
+    dist = np.abs(coord / period - np.round(coord / period)) * period  # metres to the nearest line centre
+    sharp = np.clip((width / 2 - dist) / np.maximum(footprint, 1e-4) + 0.5, 0, 1)
+    a = np.clip(1.0 - footprint / period * 1.5, 0, 1)  # lines closer than ~1.5 px: their mean coverage
+    return sharp * a + min(width / period, 1.0) * (1 - a)
+
+
 def _albedo(scene: Scene, mat: np.ndarray, uv: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     out = np.empty((len(mat), 3), _F)
     for k in np.unique(mat):
@@ -544,9 +750,11 @@ def _albedo(scene: Scene, mat: np.ndarray, uv: np.ndarray, footprint: np.ndarray
         M = scene.materials[int(k)]
         u = uv[m, 0] + M.offset[0]
         v = uv[m, 1] + M.offset[1]
-        fw = footprint[m] * M.freq  # texture cycles per pixel
+        fp = footprint[m]
+        fw = fp * M.freq  # texture cycles per pixel
         fade = np.clip(1.0 - 1.5 * fw, 0.0, 1.0)  # too fine to resolve: fade to the mean colour
         sharp = 1.0 / np.maximum(fw * 4.0, 0.02)
+        lines = None
         if M.pattern == "checker":
             s = np.sin(np.pi * M.freq * u) * np.sin(np.pi * M.freq * v)
             mix = np.clip(0.5 + s * sharp, 0, 1)
@@ -558,13 +766,32 @@ def _albedo(scene: Scene, mat: np.ndarray, uv: np.ndarray, footprint: np.ndarray
             mix = 0.65 * _lattice(scene.noise, u * M.freq, v * M.freq) + \
                 0.35 * _lattice(scene.noise, u * M.freq * 2.7 + 17, v * M.freq * 2.7 + 5)
             mix = np.clip((mix - 0.5) * 1.8 + 0.5, 0, 1)
+        elif M.pattern == "tiles":  # square tiles of 1/freq m, each its own shade, with grout lines
+            size = 1.0 / M.freq
+            mix = _cell(scene.noise, np.floor(u / size).astype(np.int64), np.floor(v / size).astype(np.int64))
+            lines = np.maximum(_lines(u, size, M.gap, fp), _lines(v, size, M.gap, fp))
+        elif M.pattern == "planks":  # boards 1/freq wide along v, aspect x as long, staggered, with grain
+            width = 1.0 / M.freq
+            length = width * M.aspect
+            row = np.floor(v / width).astype(np.int64)
+            shift = _cell(scene.noise, row, row * 0 + 3) * length
+            col = np.floor((u + shift) / length).astype(np.int64)
+            board = _cell(scene.noise, col, row)
+            grain = _lattice(scene.noise, u * 1.5 + row * 3.1, v * 40.0)
+            mix = np.clip(0.7 * board + 0.45 * (grain - 0.5) * np.clip(1 - 30 * fp, 0, 1) + 0.15, 0, 1)
+            lines = np.maximum(_lines(v, width, M.gap, fp), _lines(u + shift, length, M.gap * 1.5, fp))
         else:  # plain: a mostly uniform colour with soft blotches
             mix = 0.15 * _lattice(scene.noise, u * M.freq * 0.3, v * M.freq * 0.3)
-        mix = mix * fade + 0.5 * (1 - fade) if M.pattern != "plain" else mix
+        if M.pattern != "plain":
+            mix = mix * fade + 0.5 * (1 - fade)
         grain = 1.0 + M.grain * (_lattice(scene.noise, u * 40 + 3, v * 40 + 7) - 0.5) * 2 * \
-            np.clip(1.0 - 40 * footprint[m], 0, 1)
+            np.clip(1.0 - 40 * fp, 0, 1)
         c1, c2 = np.asarray(M.c1, _F), np.asarray(M.c2, _F)
-        out[m] = (c1 * (1 - mix[:, None]) + c2 * mix[:, None]) * grain[:, None]
+        col = (c1 * (1 - mix[:, None]) + c2 * mix[:, None]) * grain[:, None]
+        if lines is not None:  # grout: lighter on tiles, dark gaps between planks
+            tone = np.float32(1.25 if M.pattern == "tiles" else 0.45)
+            col = col * (1 + (tone - 1) * lines[:, None])
+        out[m] = col
     return out
 
 
