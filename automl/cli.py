@@ -186,62 +186,33 @@ def _train_run(args: argparse.Namespace) -> int:
     return _run_run(args)
 
 
-def _evaluate_configure(p: argparse.ArgumentParser) -> None:
-    _add_spec_args(p, spec_required=True)
+def _skill_action(action: str, force_key: Optional[str] = None
+                  ) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
+    """configure/run for an action that loads a spec and calls the skill's method of the same name; `force_key`
+    adds `--force`, which sets that spec key (an existing output file is replaced)."""
+
+    def configure(p: argparse.ArgumentParser) -> None:
+        _add_spec_args(p, spec_required=True)
+        if force_key:
+            p.add_argument("--force", action="store_true",
+                           help=f"replace an existing output file (same as {force_key}=true)")
+
+    def run(args: argparse.Namespace) -> int:
+        from automl.skills import get_skill
+
+        skill = get_skill(args.skill)
+        overrides = list(args.overrides) + ([f"{force_key}=true"] if force_key and args.force else [])
+        spec = skill.load_spec(args.spec, overrides, action)
+        getattr(skill, action)(spec)
+        return 0
+
+    return configure, run
 
 
-def _evaluate_run(args: argparse.Namespace) -> int:
-    from automl.skills import get_skill
-
-    skill = get_skill(args.skill)
-    spec = skill.load_spec(args.spec, args.overrides, "evaluate")
-    skill.evaluate(spec)
-    return 0
-
-
-def _inference_configure(p: argparse.ArgumentParser) -> None:
-    _add_spec_args(p, spec_required=True)
-
-
-def _inference_run(args: argparse.Namespace) -> int:
-    from automl.skills import get_skill
-
-    skill = get_skill(args.skill)
-    spec = skill.load_spec(args.spec, args.overrides, "inference")
-    skill.inference(spec)
-    return 0
-
-
-def _export_configure(p: argparse.ArgumentParser) -> None:
-    _add_spec_args(p, spec_required=True)
-    p.add_argument("--force", action="store_true",
-                   help="replace an existing export.onnx_file (same as export.overwrite=true)")
-
-
-def _export_run(args: argparse.Namespace) -> int:
-    from automl.skills import get_skill
-
-    skill = get_skill(args.skill)
-    overrides = list(args.overrides) + (["export.overwrite=true"] if args.force else [])
-    spec = skill.load_spec(args.spec, overrides, "export")
-    skill.export(spec)
-    return 0
-
-
-def _gen_trt_engine_configure(p: argparse.ArgumentParser) -> None:
-    _add_spec_args(p, spec_required=True)
-    p.add_argument("--force", action="store_true",
-                   help="replace an existing gen_trt_engine.trt_engine (same as gen_trt_engine.overwrite=true)")
-
-
-def _gen_trt_engine_run(args: argparse.Namespace) -> int:
-    from automl.skills import get_skill
-
-    skill = get_skill(args.skill)
-    overrides = list(args.overrides) + (["gen_trt_engine.overwrite=true"] if args.force else [])
-    spec = skill.load_spec(args.spec, overrides, "gen_trt_engine")
-    skill.gen_trt_engine(spec)
-    return 0
+_evaluate_configure, _evaluate_run = _skill_action("evaluate")
+_inference_configure, _inference_run = _skill_action("inference")
+_export_configure, _export_run = _skill_action("export", force_key="export.overwrite")
+_gen_trt_engine_configure, _gen_trt_engine_run = _skill_action("gen_trt_engine", force_key="gen_trt_engine.overwrite")
 
 
 def _report_configure(p: argparse.ArgumentParser) -> None:

@@ -82,3 +82,27 @@ def write_yaml(path: Path, tree: dict[str, Any]) -> Path:
 
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(uri: str, timeout: float) -> None:
+    """Wait until an MLflow server at `uri` answers /health."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(uri + "/health", timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{uri} did not come up in {timeout} s")

@@ -16,7 +16,6 @@ import math
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import tiny_spec_tree, write_yaml
+from tests.conftest import free_port, tiny_spec_tree, wait_http, write_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("RELIABILITY_SEED", "7"))
@@ -93,12 +92,6 @@ def _stop_group(proc: subprocess.Popen) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait(timeout=60)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def child_runs(uri: str) -> tuple[Any, Any, list[Any]]:
@@ -287,7 +280,7 @@ def test_tracking_server_lost_mid_search_costs_the_logs_not_the_search(synth_dat
     log = tmp_path / "search.log"
     search = None
     try:
-        _wait_http(uri, timeout=120)
+        wait_http(uri, timeout=120)
         with log.open("w") as fh:
             search = subprocess.Popen(
                 [sys.executable, "-m", "automl.cli", "run", "-e", str(spec), "--search-space",
@@ -321,19 +314,6 @@ def test_tracking_server_lost_mid_search_costs_the_logs_not_the_search(synth_dat
     client, parent, children = child_runs(f"sqlite:///{tmp_path / 'server.db'}")
     first = [r for r in children if r.data.tags["automl.trial_id"] == order[0]]
     assert first and client.get_metric_history(first[0].info.run_id, "val/loss")
-
-
-def _wait_http(uri: str, timeout: float) -> None:
-    import urllib.request
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(uri + "/health", timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{uri} did not come up in {timeout} s")
 
 
 # --------------------------------------------------------------------------------------------------------------

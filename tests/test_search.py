@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_spec_tree, write_yaml
+from tests.conftest import free_port, tiny_spec_tree, wait_http, write_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -157,14 +157,14 @@ def test_search_on_a_two_node_ray_cluster(synth_data, tmp_path, ray_shutdown):
             run_search(skill, spec, opts)
         assert "2 nodes" in str(exc.value) and "mlflow server" in str(exc.value)
 
-        port = _free_port()
+        port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
              "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
              "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         uri = f"http://127.0.0.1:{port}"
-        _wait_http(uri, timeout=90)
+        wait_http(uri, timeout=90)
         opts.tracking_uri = uri
         results2 = tmp_path / "cluster2"
         spec2 = build_spec(search_spec(synth_data, results2, epochs=1, num_trials=2), action="train",
@@ -231,24 +231,3 @@ def test_driver_killed_mid_search_resumes_without_losing_or_duplicating(synth_da
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     ids = [r.data.tags["automl.trial_id"] for r in children]
     assert len(ids) == len(set(ids)) == 4, f"duplicate or missing MLflow child runs: {ids}"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(uri: str, timeout: float) -> None:
-    import urllib.request
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(uri + "/health", timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{uri} did not come up in {timeout} s")
