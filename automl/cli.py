@@ -118,7 +118,8 @@ def _run_configure(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("search (each also settable in the spec's automl section)")
     g.add_argument("--num-trials", type=int, help="number of trials (automl.num_trials)")
     g.add_argument("--max-concurrent", type=int, help="trials at a time (default: what the cluster holds)")
-    g.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions pack small encoders on one GPU "
+    g.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions pack small encoders on one GPU, "
+                                                        "2/4/8 run each trial as DDP over that many GPUs "
                                                         "(default 1 with GPUs, else 0)")
     g.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
     g.add_argument("--scheduler", choices=("asha", "hyperband", "median", "none"),

@@ -14,6 +14,11 @@ across retries and resumes):
                                             been reported); first attempt only, so that the retry can finish
     AUTOML_TESTING_OUT_OF_MEMORY="2:3"      torch.OutOfMemoryError at optimizer step 3 of trial 2, as a GPU that
                                             cannot hold the batch raises it
+
+One more hook is not aimed at a trial:
+
+    AUTOML_TESTING_DDP_CPU_WORKERS="2"      every trial is a DDP run over 2 Ray Train workers on CPUs (gloo): the
+                                            path that `--gpus-per-trial 2` takes on GPUs, testable without them
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch
 NONFINITE_ENV = "AUTOML_TESTING_INJECT_NONFINITE"
 KILL_WORKER_ENV = "AUTOML_TESTING_KILL_WORKER"
 OUT_OF_MEMORY_ENV = "AUTOML_TESTING_OUT_OF_MEMORY"
+DDP_CPU_WORKERS_ENV = "AUTOML_TESTING_DDP_CPU_WORKERS"
 
 # hook kind -> (environment variable, what WHEN counts)
 HOOKS = {
@@ -127,3 +133,15 @@ class KillWorkerInEpoch(pl.Callback):
             self.marker.parent.mkdir(parents=True, exist_ok=True)
             self.marker.write_text(f"killed at epoch {self.epoch}, batch {batch_idx}, step {trainer.global_step}\n")
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def testing_ddp_cpu_workers(environ: Optional[Mapping[str, str]] = None) -> int:
+    """Workers per trial set by AUTOML_TESTING_DDP_CPU_WORKERS (0 when unset); a bad value is an error naming it."""
+    from trainer.errors import UserError
+
+    raw = (os.environ if environ is None else environ).get(DDP_CPU_WORKERS_ENV, "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit() or int(raw) < 2:
+        raise UserError(f"{DDP_CPU_WORKERS_ENV}: expected a whole number >= 2, found {raw!r}")
+    return int(raw)

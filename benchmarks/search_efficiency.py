@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import statistics
 import sys
 import time
@@ -83,6 +84,8 @@ def run_contender(name: str, seed: int, args: argparse.Namespace, data: Path, ou
 
     cfg = CONTENDERS[name]
     results = out / f"{name}-seed{seed}"
+    if results.exists():  # left by an interrupted benchmark: start this run afresh rather than resume a search
+        shutil.rmtree(results)
     skill = get_skill("depth_net_mono")
     spec = build_spec(task_spec(data, results, args.max_epochs, args.smoke), action="train", notice=lambda _m: None)
     space = out / ("grid.yaml" if cfg["space"] == "grid" else "space.yaml")
@@ -162,8 +165,19 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, list[dict[str, Any]]] = {}
     partial = out / "search_efficiency.json"
+    if partial.is_file():  # resume: runs already finished with the same settings are kept, not re-run
+        before = json.loads(partial.read_text())
+        same = {k: v for k, v in before.get("args", {}).items() if k not in ("out", "seeds", "contenders")}
+        if same == {k: v for k, v in vars(args).items() if k not in ("out", "seeds", "contenders")}:
+            results = {k: v for k, v in before.get("results", {}).items() if k in names}
+            done = sum(len(v) for v in results.values())
+            print(f"resuming from {partial}: {done} finished run(s) kept", flush=True)
+        else:
+            print(f"{partial} was written with other settings; starting over", flush=True)
     for seed in range(args.seeds):
         for name in names:
+            if len(results.get(name, [])) > seed:
+                continue
             print(f"== {name}, seed {seed}", flush=True)
             results.setdefault(name, []).append(run_contender(name, seed, args, data, out))
             partial.write_text(json.dumps({"args": vars(args), "results": results}, indent=1))

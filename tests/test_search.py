@@ -231,3 +231,38 @@ def test_driver_killed_mid_search_resumes_without_losing_or_duplicating(synth_da
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     ids = [r.data.tags["automl.trial_id"] for r in children]
     assert len(ids) == len(set(ids)) == 4, f"duplicate or missing MLflow child runs: {ids}"
+
+
+def test_trials_spread_over_several_workers_train_with_ddp_and_are_pruned_on_nan(synth_data, tmp_path,
+                                                                                  monkeypatch, ray_shutdown):
+    """`--gpus-per-trial 2` runs each trial as DDP over two Ray Train workers; on CPUs the test hook takes the same
+    path with gloo. Each worker sees half of every epoch's batches, the trial reports to Tune like any other, and a
+    trial whose first point diverges is pruned (every rank agrees, nobody hangs in a collective)."""
+    import math
+
+    import torch
+
+    from automl.cli import main
+    from trainer.data.annotations import read_annotation_file
+
+    monkeypatch.setenv("AUTOML_TESTING_DDP_CPU_WORKERS", "2")
+    results = tmp_path / "search"
+    spec = write_yaml(tmp_path / "spec.yaml", search_spec(synth_data, results, num_trials=2, max_concurrent=1,
+                                                          cpus_per_trial=2, scheduler="none"))
+    rc = main(["run", "-e", str(spec), "--search-space", str(space_file(tmp_path))])
+    assert rc == 0
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["ddp_workers_per_trial"] == 2
+    states = {t["params"]["train.optim.lr"] >= 1e5: t for t in summary["trials"]}
+    diverged, trained = states[True], states[False]
+    assert diverged["state"] == "pruned" and diverged["reason"] == "non_finite_loss"
+    assert trained["state"] == "completed" and trained["best"] is not None and trained["epochs"] == 2
+
+    # the data really was split over the two ranks: each optimizer step saw one rank's share of the epoch
+    n_train = len(read_annotation_file(synth_data / "train.txt"))
+    assert n_train >= 16
+    steps_per_epoch = math.ceil(n_train / 2) // 8  # batches of 8, the last partial one dropped (training)
+    ckpt = torch.load(Path(trained["results_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=True)
+    assert ckpt["global_step"] == 2 * steps_per_epoch
+    assert summary["winner"]["trial_id"] == trained["trial_id"] and Path(summary["winner"]["checkpoint"]).is_file()

@@ -97,3 +97,28 @@ def test_conditions_must_refer_to_earlier_parameters(skill, spec):
     with pytest.raises(SpecError) as exc:
         parse_search_space(raw, skill=skill, spec=spec)
     assert "not a parameter declared before" in str(exc.value)
+
+
+def test_grid_sampler_runs_the_whole_grid_and_is_told_every_result(skill, spec, tmp_path):
+    """Optuna's grid sampler stops the study after the grid's last point, which it allows only inside optimize();
+    our searcher (ask/tell under Ray) must survive that and have stored every result."""
+    from automl.search.driver import build_sampler
+    from automl.search.guards import GuardedOptunaSearch
+
+    path = tmp_path / "grid.yaml"
+    path.write_text("objective: {metric: val/loss, mode: min}\nparameters:\n"
+                    "  train.optim.lr: {type: categorical, choices: [1.0e-4, 1.0e-3]}\n"
+                    "  train.optim.weight_decay: {type: categorical, choices: [0.0, 0.01]}\n")
+    space = load_search_space(str(path), skill=skill, spec=spec)
+    searcher = GuardedOptunaSearch(space=space, metric="val/loss", mode="min",
+                                   sampler=build_sampler("grid", space, 0), storage=None, study_name="grid")
+    seen = []
+    for i in range(4):
+        config = searcher.suggest(f"t{i}")
+        seen.append((config["train.optim.lr"], config["train.optim.weight_decay"]))
+        searcher.on_trial_result(f"t{i}", {"val/loss": 1.0 + i, "epoch": 0, "training_iteration": 1})
+        searcher.on_trial_complete(f"t{i}", {"val/loss": 1.0 + i, "epoch": 0, "training_iteration": 1})
+    assert sorted(seen) == sorted((lr, wd) for lr in (1e-4, 1e-3) for wd in (0.0, 0.01))
+    trials = searcher._ot_study.trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    assert sorted(t.value for t in trials) == [1.0, 2.0, 3.0, 4.0]

@@ -139,8 +139,13 @@ class RunRecorder(pl.Callback):
             trainer.save_checkpoint(str(path))
             ckpt = self.last_checkpoint = str(path)
 
-        if not trainer.is_global_zero:
-            return
+        if trainer.is_global_zero:
+            self._record_epoch(trainer, epoch, metrics)
+        # on every rank: a distributed reporter (Ray Train) is a barrier that each worker must reach
+        if self.reporter is not None and (ran_validation or not self.has_validation):
+            self.reporter(epoch, dict(metrics), ckpt if trainer.is_global_zero else None)
+
+    def _record_epoch(self, trainer: pl.Trainer, epoch: int, metrics: dict[str, float]) -> None:
         elapsed = time.time() - self._epoch_start
         done = len(self.history)
         remaining = max((trainer.max_epochs or done) - (epoch + 1), 0)
@@ -154,8 +159,6 @@ class RunRecorder(pl.Callback):
             shown = "  ".join(f"{k}={v:.4g}" for k, v in kpi.items())
             print(f"epoch {epoch + 1}/{trainer.max_epochs}  {shown}  ({elapsed:.1f}s, eta {_fmt_td(eta)})",
                   flush=True)
-        if self.reporter is not None and (ran_validation or not self.has_validation):
-            self.reporter(epoch, dict(metrics), ckpt)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.failure = exception

@@ -168,11 +168,15 @@ def monitor_of(spec: DictConfig, has_val: bool) -> tuple[str, str]:
 
 def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Optional[TrackingConfig] = None,
         progress: Optional[bool] = None, quiet: bool = False,
-        callbacks: Sequence[pl.Callback] = ()) -> FitResult:
+        callbacks: Sequence[pl.Callback] = (), strategy: Any = None, plugins: Sequence[Any] = ()) -> FitResult:
     """Finetune per `spec`; write checkpoints, status.json, spec.yaml, fit.json and an MLflow run to the results.
 
     `reporter(epoch, metrics, checkpoint_path)` is called after each validated epoch (the search reports to Ray
-    Tune through it). `quiet` drops the per-epoch console lines; `callbacks` are extra Lightning callbacks. Raises `NonFiniteLossError` when the loss or gradient norm becomes NaN/inf (recorded in
+    Tune through it; under data parallelism it is called on every rank, rank 0's metrics being the synced ones).
+    `quiet` drops the per-epoch console lines; `callbacks` are extra Lightning callbacks. `strategy` and `plugins`
+    replace the spec's device choice with a distributed strategy whose processes someone else started (a search
+    trial spread over several workers passes Ray Train's DDP strategy and cluster environment here; this module
+    stays free of Ray). Raises `NonFiniteLossError` when the loss or gradient norm becomes NaN/inf (recorded in
     status.json and MLflow first); never returns a result for a diverged run.
     """
     from trainer.data import build_dataloader
@@ -239,7 +243,10 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
     if show_bar:
         all_callbacks.append(pl.callbacks.TQDMProgressBar(refresh_rate=1))
 
-    accelerator, devices, strategy = _accelerator(spec)
+    if strategy is None:
+        accelerator, devices, strategy = _accelerator(spec)
+    else:  # processes started outside Lightning: one device per process, the strategy picks which
+        accelerator, devices = "auto", "auto"
     limit = int(t.max_steps_per_epoch) * int(t.accumulate_grad_batches) if t.max_steps_per_epoch else None
     trainer = pl.Trainer(
         accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=int(t.num_nodes),
@@ -247,13 +254,15 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
         check_val_every_n_epoch=int(t.validation_interval), accumulate_grad_batches=int(t.accumulate_grad_batches),
         limit_train_batches=limit, log_every_n_steps=int(t.log_every_n_steps), callbacks=all_callbacks, logger=False,
         enable_progress_bar=show_bar, enable_model_summary=show_bar, default_root_dir=str(out),
-        num_sanity_val_steps=0, enable_checkpointing=True,
+        num_sanity_val_steps=0, enable_checkpointing=True, plugins=list(plugins) or None,
     )
 
     if mlrun is not None:
         mlrun.cfg.tags.setdefault("results_dir", str(out.resolve()))
 
-    status.write("STARTED", "Starting training" + (f" from {resume}" if resume else ""), max_epoch=int(t.num_epochs))
+    if trainer.is_global_zero:
+        status.write("STARTED", "Starting training" + (f" from {resume}" if resume else ""),
+                     max_epoch=int(t.num_epochs))
     initial: dict[str, float] = {}
     if t.initial_validation and val_loader is not None and not resume:
         initial = {k: float(v) for k, v in trainer.validate(module, val_loader, verbose=False)[0].items()}

@@ -150,7 +150,9 @@ class DepthModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self._val_losses:
             return
-        val_loss = torch.stack(self._val_losses).mean()
+        # under data parallelism every rank must agree on "non-finite" (one rank raising alone would leave the
+        # others waiting in the next collective), so the check reads the mean over ranks
+        val_loss = self.trainer.strategy.reduce(torch.stack(self._val_losses).mean(), reduce_op="mean")
         if not self.trainer.sanity_checking:
             self.last_validated_epoch = self.current_epoch
         if not torch.isfinite(val_loss) and not self.trainer.sanity_checking:

@@ -151,24 +151,47 @@ def check_multinode_storage(storage: Path, tracking_uri: str) -> None:
                         f"automl.storage_path=s3://bucket/path")
 
 
-def _resources(opts: SearchOptions) -> tuple[dict[str, float], int]:
+@dataclass
+class TrialResources:
+    per_trial: dict[str, float]  # what one trial uses: {"cpu", "gpu"} (summary, GPU-hours)
+    tune: dict[str, float]  # what Tune reserves for the trial itself (the trial, or the waiting DDP driver)
+    concurrent: int  # trials at once
+    ddp_workers: int = 0  # > 1: Ray Train workers per trial
+
+
+def _resources(opts: SearchOptions) -> TrialResources:
+    """What a trial needs, how many run at once, and how many DDP workers a trial has.
+
+    A trial of G > 1 GPUs is a DDP run over G Ray Train workers of one GPU each; the trial itself then holds only a
+    sliver of a CPU while it waits for them, and the number of trials at once is what the GPUs allow."""
     import ray
 
     total = ray.cluster_resources()
     gpus = float(total.get("GPU", 0))
     cpus = float(total.get("CPU", 1))
     gpt = opts.gpus_per_trial if opts.gpus_per_trial is not None else (1.0 if gpus else 0.0)
-    if gpt > 1:
-        raise UserError(f"--gpus-per-trial {gpt:g}: trials of more than one GPU (DDP inside a trial) are not supported "
-                        f"yet; use 1 (or a fraction to pack several trials per GPU) and let more trials run at once")
+    from automl.testing import testing_ddp_cpu_workers
+
+    cpu_workers = testing_ddp_cpu_workers() if gpt == 0 else 0
+    if gpt > 1 and gpt != int(gpt):
+        raise UserError(f"--gpus-per-trial {gpt:g}: a trial of more than one GPU runs one DDP worker per GPU, so "
+                        f"it takes a whole number of GPUs (2, 4, 8) or a fraction of one GPU (0.5, 0.25)")
     if gpt > 0 and gpus == 0:
-        raise UserError(f"--gpus-per-trial {gpt}: the Ray cluster has no GPU; use --gpus-per-trial 0 on CPUs")
+        raise UserError(f"--gpus-per-trial {gpt:g}: the Ray cluster has no GPU; use --gpus-per-trial 0 on CPUs")
     if gpt > gpus > 0:
-        raise UserError(f"--gpus-per-trial {gpt}: the Ray cluster has only {gpus:g} GPUs")
+        raise UserError(f"--gpus-per-trial {gpt:g}: the Ray cluster has only {gpus:g} GPUs")
     cpt = min(opts.cpus_per_trial, cpus)
+    workers = int(gpt) if gpt > 1 else cpu_workers
+    if workers > 1:  # the waiting trial holds 0.01 CPU; its workers share the rest of cpus_per_trial
+        cpt = max(min(cpt, cpus - 0.01), 0.01 * workers)
+        fits = int(gpus // gpt) if gpt > 1 else int(cpus // cpt)
+        concurrent = opts.max_concurrent or max(fits, 1)
+        return TrialResources(per_trial={"cpu": cpt, "gpu": float(max(gpt, 0))}, tune={"cpu": 0.01},
+                              concurrent=max(1, min(concurrent, opts.num_trials)), ddp_workers=workers)
     fits = int(gpus // gpt) if gpt > 0 else int(cpus // cpt)
     concurrent = opts.max_concurrent or max(fits, 1)
-    return {"cpu": cpt, "gpu": gpt}, max(1, min(concurrent, opts.num_trials))
+    return TrialResources(per_trial={"cpu": cpt, "gpu": gpt}, tune={"cpu": cpt, "gpu": gpt},
+                          concurrent=max(1, min(concurrent, opts.num_trials)))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -304,7 +327,8 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
     _init_ray(opts.address, results)
     storage.mkdir(parents=True, exist_ok=True)
     check_multinode_storage(storage, tracking_uri)
-    resources, concurrent = _resources(opts)
+    res = _resources(opts)
+    resources, concurrent = res.per_trial, res.concurrent
     num_epochs = int(spec.train.num_epochs)
     status = StatusFile(results / "status.json")
 
@@ -312,6 +336,12 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
                        run_id=state.get("parent_run_id"))
     parent.start()
     baseline = space.baseline(spec)
+    if opts.sampler == "grid" and set(baseline) != {p.name for p in space.params}:
+        # a grid search runs the grid's points; a spec value off the grid is no point of it (and Optuna's grid
+        # sampler refuses a partial one)
+        print("notice: the spec's own values are not a point of the grid; the search runs the grid alone",
+              file=sys.stderr)
+        baseline = {}
     if not state:
         state = {"parent_run_id": parent.run_id, "tracking_uri": tracking_uri, "storage_path": str(storage),
                  "search_space": str(space_path), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -334,9 +364,10 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
     ctx = TrialContext(skill_name=skill.name, base_spec=to_plain(spec), trials_dir=str(results / "trials"),
                        metric=space.metric, mode=space.mode, tracking_uri=tracking_uri,
                        experiment_name=opts.experiment_name, parent_run_id=parent.run_id,
-                       cpus_per_trial=resources["cpu"], faults=_fault_hooks(),
+                       cpus_per_trial=resources["cpu"], faults=_fault_hooks(), ddp_workers=res.ddp_workers,
+                       ddp_use_gpu=resources["gpu"] > 0,
                        tracking_env=tracking_env)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), res.tune)
 
     from automl.search.progress import TrialTable
 
@@ -380,6 +411,7 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
         "objective": {"metric": space.metric, "mode": space.mode},
         "search_space": space.to_dict()["parameters"], "scheduler": opts.scheduler,
         "num_trials": len(records), "concurrent": concurrent, "resources_per_trial": resources,
+        "ddp_workers_per_trial": res.ddp_workers,
         "states": {s: sum(1 for r in records if r.state == s) for s in
                    ("completed", "stopped", "pruned", "error")},
         "baseline": next((asdict(r) for r in records if r.baseline), None),

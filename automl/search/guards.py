@@ -68,12 +68,12 @@ class GuardedOptunaSearch(OptunaSearch):
 
         if is_pruned_result(result):
             ot_trial.set_user_attr(PRUNE_KEY, str(result.get(PRUNE_KEY)))
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            _tell_study(self._ot_study, ot_trial, state=TrialState.PRUNED)
             self._completed_trials.add(trial_id)
             return
         if is_failed_result(result):
             ot_trial.set_user_attr(FAIL_KEY, str(result.get(FAIL_KEY)))
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            _tell_study(self._ot_study, ot_trial, state=TrialState.FAIL)
             self._completed_trials.add(trial_id)
             return
         best = (getattr(self, "_best_values", None) or {}).get(trial_id)
@@ -83,10 +83,20 @@ class GuardedOptunaSearch(OptunaSearch):
             best = float(last)
         if error or best is None:
             # an error, or stopped before its first validation: no finite objective to tell
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL if error else TrialState.PRUNED)
+            _tell_study(self._ot_study, ot_trial, state=TrialState.FAIL if error else TrialState.PRUNED)
         else:
-            self._ot_study.tell(ot_trial, best, state=TrialState.COMPLETE)
+            _tell_study(self._ot_study, ot_trial, best, state=TrialState.COMPLETE)
         self._completed_trials.add(trial_id)
+
+
+def _tell_study(study: Any, *args: Any, **kwargs: Any) -> None:
+    """Optuna's `tell`. Its grid sampler calls `Study.stop()` after the grid's last point, which Optuna allows only
+    inside `optimize()`; the result is stored before that call, and Tune's sample count ends the search anyway."""
+    try:
+        study.tell(*args, **kwargs)
+    except RuntimeError as exc:
+        if "Study.stop" not in str(exc):
+            raise
 
 
 class _StopFlaggedResults:
