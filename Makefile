@@ -40,7 +40,9 @@ bench: install
 		$(PY) benchmarks/train_throughput.py --out $(BENCH_OUT)/throughput.json && \
 		$(PY) benchmarks/dataloader.py --workers 8,15 --also-no-color --gpu-json $(BENCH_OUT)/throughput.json \
 			--out $(BENCH_OUT)/dataloader.json && \
-		$(PY) benchmarks/search_overhead.py --out $(BENCH_OUT)/search.json; \
+		$(PY) benchmarks/search_overhead.py --out $(BENCH_OUT)/search.json && \
+		if [ "$$($(PY) -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then \
+			$(PY) benchmarks/multi_gpu.py --out $(BENCH_OUT)/multi_gpu.json; fi; \
 	else echo "no GPU here: ran the CPU smoke modes; the GPU tables and their commands are in docs/benchmarks.md"; fi
 
 clean:

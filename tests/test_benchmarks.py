@@ -64,6 +64,17 @@ def test_search_overhead_benchmark_smoke(tmp_path):
     assert json.loads((tmp_path / "so.json").read_text())["phases"].keys() == result["phases"].keys()
 
 
+def test_multi_gpu_benchmark_smoke(tmp_path):
+    import multi_gpu
+
+    result = multi_gpu.main(["--smoke", "--out", str(tmp_path / "mg.json")])
+    one, nan = result["runs"]["1 GPU"], result["runs"]["nan on one rank"]
+    assert one["outcomes"] == ["finished"] and one["steps_timed"] == 4 and one["img_s"] > 0
+    # the NaN written into a weight at step 3 stops training at that step, reported by the guard, not a hang
+    assert nan["agreed"] and nan["non_finite"] == [{"rank": 0, "what": "training loss", "step": 3}]
+    assert json.loads((tmp_path / "mg.json").read_text())["runs"].keys() == result["runs"].keys()
+
+
 # ---- the fast path ---------------------------------------------------------------------------------------------
 
 def test_fast_path_defaults_resolve_per_machine(tiny_spec):
