@@ -35,6 +35,7 @@ def _callbacks(cfg: dict[str, Any], record: dict[str, Any]) -> list[Any]:
     import torch
 
     warmup, inject_rank, inject_step = int(cfg["warmup"]), cfg.get("inject_rank"), cfg.get("inject_step")
+    last = warmup + int(cfg["steps"])
 
     class Probe(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -50,11 +51,11 @@ def _callbacks(cfg: dict[str, Any], record: dict[str, Any]) -> list[Any]:
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             record["steps_done"] = trainer.global_step
-
-        def on_train_epoch_end(self, trainer, pl_module):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            record["t1"], record["step1"] = time.perf_counter(), trainer.global_step
+            if trainer.global_step >= last and "t1" not in record:  # the window spans epochs of a small dataset
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                record["t1"], record["step1"] = time.perf_counter(), trainer.global_step
+                trainer.should_stop = True  # every rank reaches the same step, so all stop together
 
     return [Probe()]
 
@@ -83,14 +84,14 @@ def run_worker(config_path: str) -> None:
     Path(cfg["record_dir"], f"rank{rank}.json").write_text(json.dumps(record))
 
 
-def run(name: str, n: int, spec: dict[str, Any], work: Path, *, warmup: int, timeout: float,
+def run(name: str, n: int, spec: dict[str, Any], work: Path, *, warmup: int, steps: int, timeout: float,
         inject: Optional[tuple[int, int]] = None) -> dict[str, Any]:
     rec_dir = work / f"records-{name}"
     rec_dir.mkdir(parents=True, exist_ok=True)
     spec = json.loads(json.dumps(spec))
     spec["results_dir"] = str(work / f"results-{name}")
     spec["train"].update(num_gpus=n, gpu_ids=list(range(n)))
-    cfg = {"spec": spec, "record_dir": str(rec_dir), "warmup": warmup}
+    cfg = {"spec": spec, "record_dir": str(rec_dir), "warmup": warmup, "steps": steps}
     if inject:
         cfg.update(inject_rank=inject[0], inject_step=inject[1])
     path = work / f"{name}.json"
@@ -128,7 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     ap.add_argument("--encoder", default="vits")
     ap.add_argument("--batch", type=int, default=8, help="per GPU")
     ap.add_argument("--gpus", default="1,2", help="GPU counts to time")
-    ap.add_argument("--steps", type=int, default=120, help="steps per epoch (one epoch is timed)")
+    ap.add_argument("--steps", type=int, default=120, help="timed steps (after the warm-up; across epochs)")
     ap.add_argument("--warmup", type=int, default=30, help="steps before the timed window (compile, loader start)")
     ap.add_argument("--workers", type=int, default=6, help="loader workers per rank")
     ap.add_argument("--frames", type=int, default=240)
@@ -169,7 +170,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                                           "batch_size": args.batch, "workers": args.workers,
                                           "augmentation": {"crop_size": [ch, cw]}},
                         "val_dataset": {"data_sources": [], "batch_size": args.batch}},
-            "train": {"num_epochs": 1, "max_steps_per_epoch": args.steps + args.warmup, "seed": 0,
+            # the probe stops training once the timed window ends; no per-epoch checkpoint inside the window
+            "train": {"num_epochs": 1000, "seed": 0, "checkpoint_interval": 10 ** 6,
                       "log_every_n_steps": 50, "initial_validation": False,
                       "optim": {"lr": 5e-6, "head_lr_multiplier": 10.0, "weight_decay": 0.01,
                                 "lr_scheduler": "Constant", "warmup_steps": 0}},
@@ -178,14 +180,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                               "steps_timed": args.steps, "warmup": args.warmup, "loader_workers_per_rank":
                               args.workers, "frames": args.frames}
         for n in counts:
-            r = run(f"ddp{n}", n, spec, work, warmup=args.warmup, timeout=args.timeout)
+            r = run(f"ddp{n}", n, spec, work, warmup=args.warmup, steps=args.steps, timeout=args.timeout)
             result["runs"][f"{n} GPU"] = r
             print(f"[{time.perf_counter() - t0:6.1f}s] {n} GPU: {json.dumps({k: v for k, v in r.items() if k != 'log_tail'})}",
                   flush=True)
             tt.write_json(args.out, result)
         nan_n = max(counts)
         if nan_n > 1 or args.smoke:  # (the smoke run checks this path on one CPU process)
-            r = run("nan", nan_n, spec, work, warmup=10 ** 6, timeout=args.timeout, inject=(nan_n - 1, 3))
+            r = run("nan", nan_n, spec, work, warmup=10 ** 6, steps=0, timeout=args.timeout, inject=(nan_n - 1, 3))
             r["agreed"] = (not r["hung"] and r["ranks_reported"] == nan_n
                            and all(o == "non_finite" for o in r["outcomes"]))
             result["runs"]["nan on one rank"] = r
