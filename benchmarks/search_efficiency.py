@@ -239,6 +239,7 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path, budget: int) -> N
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    finals = []
     for name, runs in results.items():
         curves = np.full((len(runs), budget), np.nan)
         for i, r in enumerate(runs):
@@ -246,10 +247,18 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path, budget: int) -> N
             c += [c[-1] if c else np.nan] * (budget - len(c))
             curves[i] = c[:budget]
         x = np.arange(1, budget + 1)
+        finals += [v for v in curves[:, -1] if np.isfinite(v)]
         with np.errstate(all="ignore"):
             ax.plot(x, np.nanmedian(curves, axis=0), label=name, lw=2 if name == "ours" else 1.2)
             if len(runs) > 1:
                 ax.fill_between(x, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0), alpha=0.12)
+    random_final = [r["final_best"] for r in results.get("random", []) if r.get("final_best") is not None]
+    if random_final:
+        ax.axhline(float(np.median(random_final)), color="grey", ls="--", lw=0.8,
+                   label="random search's final best (median)")
+    if finals:  # the interesting range: from the best found to a model that learnt nothing (val/loss ~ 1)
+        low = min(finals)
+        ax.set_ylim(low - 0.1 * (1.05 - low), 1.05)
     ax.set_xlabel("training epochs spent (all trials)")
     ax.set_ylabel("best val/loss so far (median over seeds)")
     ax.set_title("Anytime performance of the search")
