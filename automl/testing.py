@@ -17,7 +17,7 @@ across retries and resumes):
 
 One more hook is not aimed at a trial:
 
-    AUTOML_TESTING_DDP_CPU_WORKERS="2"      every trial is a DDP run over 2 Ray Train workers on CPUs (gloo): the
+    AUTOML_TESTING_DDP_CPU_WORKERS="2"      every trial is a DDP run over 2 CPU processes (gloo): the
                                             path that `--gpus-per-trial 2` takes on GPUs, testable without them
 """
 

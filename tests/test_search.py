@@ -235,8 +235,8 @@ def test_driver_killed_mid_search_resumes_without_losing_or_duplicating(synth_da
 
 def test_trials_spread_over_several_workers_train_with_ddp_and_are_pruned_on_nan(synth_data, tmp_path,
                                                                                   monkeypatch, ray_shutdown):
-    """`--gpus-per-trial 2` runs each trial as DDP over two Ray Train workers; on CPUs the test hook takes the same
-    path with gloo. Each worker sees half of every epoch's batches, the trial reports to Tune like any other, and a
+    """`--gpus-per-trial 2` runs each trial as DDP over two processes (the trial is rank 0, a child process rank 1);
+    on CPUs the test hook takes the same path with gloo. Each worker sees half of every epoch's batches, the trial reports to Tune like any other, and a
     trial whose first point diverges is pruned (every rank agrees, nobody hangs in a collective)."""
     import math
 
@@ -266,3 +266,6 @@ def test_trials_spread_over_several_workers_train_with_ddp_and_are_pruned_on_nan
                       weights_only=True)
     assert ckpt["global_step"] == 2 * steps_per_epoch
     assert summary["winner"]["trial_id"] == trained["trial_id"] and Path(summary["winner"]["checkpoint"]).is_file()
+    # no rank outlives its trial
+    leftover = subprocess.run(["pgrep", "-f", "automl.search.trial"], capture_output=True, text=True).stdout.split()
+    assert not leftover, f"child ranks still running: {leftover}"

@@ -141,7 +141,7 @@ class RunRecorder(pl.Callback):
 
         if trainer.is_global_zero:
             self._record_epoch(trainer, epoch, metrics)
-        # on every rank: a distributed reporter (Ray Train) is a barrier that each worker must reach
+        # on every rank given a reporter: a distributed reporter may be a barrier that each rank must reach
         if self.reporter is not None and (ran_validation or not self.has_validation):
             self.reporter(epoch, dict(metrics), ckpt if trainer.is_global_zero else None)
 

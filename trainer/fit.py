@@ -168,15 +168,15 @@ def monitor_of(spec: DictConfig, has_val: bool) -> tuple[str, str]:
 
 def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Optional[TrackingConfig] = None,
         progress: Optional[bool] = None, quiet: bool = False,
-        callbacks: Sequence[pl.Callback] = (), strategy: Any = None, plugins: Sequence[Any] = ()) -> FitResult:
+        callbacks: Sequence[pl.Callback] = (), strategy: Any = None, plugins: Sequence[Any] = (),
+        devices: Any = "auto") -> FitResult:
     """Finetune per `spec`; write checkpoints, status.json, spec.yaml, fit.json and an MLflow run to the results.
 
     `reporter(epoch, metrics, checkpoint_path)` is called after each validated epoch (the search reports to Ray
     Tune through it; under data parallelism it is called on every rank, rank 0's metrics being the synced ones).
-    `quiet` drops the per-epoch console lines; `callbacks` are extra Lightning callbacks. `strategy` and `plugins`
-    replace the spec's device choice with a distributed strategy whose processes someone else started (a search
-    trial spread over several workers passes Ray Train's DDP strategy and cluster environment here; this module
-    stays free of Ray). Raises `NonFiniteLossError` when the loss or gradient norm becomes NaN/inf (recorded in
+    `quiet` drops the per-epoch console lines; `callbacks` are extra Lightning callbacks. `strategy`, `plugins`
+    and `devices` replace the spec's device choice with a distributed strategy whose processes someone else started
+    (a search trial over several GPUs starts its ranks itself and passes DDP and Lightning's environment here). Raises `NonFiniteLossError` when the loss or gradient norm becomes NaN/inf (recorded in
     status.json and MLflow first); never returns a result for a diverged run.
     """
     from trainer.data import build_dataloader
@@ -245,8 +245,8 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
 
     if strategy is None:
         accelerator, devices, strategy = _accelerator(spec)
-    else:  # processes started outside Lightning: one device per process, the strategy picks which
-        accelerator, devices = "auto", "auto"
+    else:  # processes started outside Lightning (their count in `devices`): one device each
+        accelerator = "auto"
     limit = int(t.max_steps_per_epoch) * int(t.accumulate_grad_batches) if t.max_steps_per_epoch else None
     trainer = pl.Trainer(
         accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=int(t.num_nodes),

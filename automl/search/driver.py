@@ -156,14 +156,13 @@ class TrialResources:
     per_trial: dict[str, float]  # what one trial uses: {"cpu", "gpu"} (summary, GPU-hours)
     tune: dict[str, float]  # what Tune reserves for the trial itself (the trial, or the waiting DDP driver)
     concurrent: int  # trials at once
-    ddp_workers: int = 0  # > 1: Ray Train workers per trial
+    ddp_workers: int = 0  # > 1: DDP processes (ranks) per trial
 
 
 def _resources(opts: SearchOptions) -> TrialResources:
     """What a trial needs, how many run at once, and how many DDP workers a trial has.
 
-    A trial of G > 1 GPUs is a DDP run over G Ray Train workers of one GPU each; the trial itself then holds only a
-    sliver of a CPU while it waits for them, and the number of trials at once is what the GPUs allow."""
+    A trial of G > 1 GPUs takes G GPUs of one node and runs DDP over them, one process per GPU."""
     import ray
 
     total = ray.cluster_resources()
@@ -182,16 +181,10 @@ def _resources(opts: SearchOptions) -> TrialResources:
         raise UserError(f"--gpus-per-trial {gpt:g}: the Ray cluster has only {gpus:g} GPUs")
     cpt = min(opts.cpus_per_trial, cpus)
     workers = int(gpt) if gpt > 1 else cpu_workers
-    if workers > 1:  # the waiting trial holds 0.01 CPU; its workers share the rest of cpus_per_trial
-        cpt = max(min(cpt, cpus - 0.01), 0.01 * workers)
-        fits = int(gpus // gpt) if gpt > 1 else int(cpus // cpt)
-        concurrent = opts.max_concurrent or max(fits, 1)
-        return TrialResources(per_trial={"cpu": cpt, "gpu": float(max(gpt, 0))}, tune={"cpu": 0.01},
-                              concurrent=max(1, min(concurrent, opts.num_trials)), ddp_workers=workers)
     fits = int(gpus // gpt) if gpt > 0 else int(cpus // cpt)
     concurrent = opts.max_concurrent or max(fits, 1)
     return TrialResources(per_trial={"cpu": cpt, "gpu": gpt}, tune={"cpu": cpt, "gpu": gpt},
-                          concurrent=max(1, min(concurrent, opts.num_trials)))
+                          concurrent=max(1, min(concurrent, opts.num_trials)), ddp_workers=workers if workers > 1 else 0)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -365,7 +358,6 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
                        metric=space.metric, mode=space.mode, tracking_uri=tracking_uri,
                        experiment_name=opts.experiment_name, parent_run_id=parent.run_id,
                        cpus_per_trial=resources["cpu"], faults=_fault_hooks(), ddp_workers=res.ddp_workers,
-                       ddp_use_gpu=resources["gpu"] > 0,
                        tracking_env=tracking_env)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), res.tune)
 

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -40,8 +40,7 @@ class TrialContext:
     faults: tuple = ()  # automl.testing.FaultHook values of the test hooks, resolved once by the driver
     tracking_env: dict[str, str] = field(default_factory=dict)  # MLflow HTTP retry settings (fail fast)
     fixed: dict[str, Any] = field(default_factory=dict)  # overrides applied to every trial
-    ddp_workers: int = 0  # > 1: each trial is a DDP run over this many Ray Train workers (one GPU each)
-    ddp_use_gpu: bool = True  # False only in tests: the workers are CPU processes talking over gloo
+    ddp_workers: int = 0  # > 1: each trial is a DDP run over this many processes (one GPU each)
 
 
 def _trial_index(trial_id: str, trials_dir: str) -> int:
@@ -83,8 +82,25 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                               parent_run_id=ctx.parent_run_id, run_id=run_id,
                               tags={TRIAL_TAG: trial_id, **{f"param.{k}": str(v) for k, v in config.items()}},
                               enabled=ctx.tracking_uri is not None)
+    node_id = ray.get_runtime_context().get_node_id()
+
+    def send(payload: dict[str, Any], checkpoint_path: Optional[str] = None) -> None:
+        payload["node_id"] = node_id  # where the trial ran (summary.json)
+        payload["reported_at"] = time.time()  # wall clock, to order epochs of concurrent trials (anytime curves)
+        if checkpoint_path and ctx.ddp_workers <= 1:
+            with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
+                target = Path(tmp) / "last.ckpt"
+                try:
+                    os.link(checkpoint_path, target)  # no copy when on the same filesystem
+                except OSError:
+                    shutil.copy2(checkpoint_path, target)
+                tune.report(payload, checkpoint=tune.Checkpoint.from_directory(tmp))
+        else:  # a DDP trial keeps its checkpoint in its own folder (see _run_distributed)
+            tune.report(payload)
+
     if ctx.ddp_workers > 1:
-        _run_distributed(ctx, trial_id, spec, tracking)
+        payload_extra = {"ddp_world_size": ctx.ddp_workers}
+        _run_distributed(ctx, trial_id, spec, tracking, lambda p, c=None: send({**p, **payload_extra}, c))
         return
 
     import torch
@@ -95,22 +111,6 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         local = Path(restored.to_directory())
         if (local / "last.ckpt").is_file():
             spec.train.resume_training_checkpoint_path = str(local / "last.ckpt")
-    node_id = ray.get_runtime_context().get_node_id()
-
-    def send(payload: dict[str, Any], checkpoint_path: Optional[str] = None) -> None:
-        payload["node_id"] = node_id  # where the trial ran (summary.json)
-        payload["reported_at"] = time.time()  # wall clock, to order epochs of concurrent trials (anytime curves)
-        if checkpoint_path:
-            with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
-                target = Path(tmp) / "last.ckpt"
-                try:
-                    os.link(checkpoint_path, target)  # no copy when on the same filesystem
-                except OSError:
-                    shutil.copy2(checkpoint_path, target)
-                tune.report(payload, checkpoint=tune.Checkpoint.from_directory(tmp))
-        else:
-            tune.report(payload)
-
     _fit_and_report(skill, spec, ctx, trial_id, out, tracking, send)
 
 
@@ -144,72 +144,118 @@ def _fit_and_report(skill: Any, spec: Any, ctx: TrialContext, trial_id: str, out
 
 
 # --------------------------------------------------------------------------------------------------------------
-# a trial over several workers (DDP inside a trial): Ray Train runs the workers, this trial waits for them
+# a trial over several GPUs (DDP inside a trial): rank 0 runs in the trial itself, ranks 1..N-1 in child processes
 # --------------------------------------------------------------------------------------------------------------
 
+RANK_CONFIG = "ddp_ranks.json"  # in the trial's folder: what the child ranks need to build the same run
 
-def _run_distributed(ctx: TrialContext, trial_id: str, spec: Any, tracking: Any) -> None:
-    """Start `ctx.ddp_workers` Ray Train workers (one GPU each, or CPU processes over gloo in tests) that run the
-    same fit under Lightning's DDP; their per-epoch reports reach Tune through Ray Train's Tune callback, so the
-    scheduler, the searcher and the NaN pruning see this trial as any other. The trial itself holds almost no
-    resources: the workers hold the GPUs. A retried or resumed trial continues from its own `last.ckpt`."""
-    import ray.train
+
+def _run_distributed(ctx: TrialContext, trial_id: str, spec: Any, tracking: Any, send: Any) -> None:
+    """Lightning DDP over the trial's GPUs (Ray gives the trial all N of them, on one node). The trial process is
+    rank 0: it reports to Tune like any trial. Ranks 1..N-1 are child processes started here with the usual
+    torch.distributed variables; the kernel ends them when the trial process dies (a scheduler stopping the trial, a
+    killed worker), so no rank outlives its trial and no GPU stays taken. Every rank stops at the same step on a
+    NaN/inf (the all-reduced gradient carries it)."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
     from omegaconf import OmegaConf
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    out = Path(ctx.trials_dir) / trial_id
-    last = out / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        spec.train.resume_training_checkpoint_path = str(last)
-    per_worker: dict[str, float] = {"CPU": max(ctx.cpus_per_trial / ctx.ddp_workers, 0.01)}
-    if ctx.ddp_use_gpu:
-        per_worker["GPU"] = 1
-    trainer = TorchTrainer(
-        _distributed_worker,
-        train_loop_config={"ctx": ctx, "trial_id": trial_id, "spec": OmegaConf.to_container(spec),
-                           "tracking": tracking},
-        scaling_config=ray.train.ScalingConfig(num_workers=ctx.ddp_workers, use_gpu=ctx.ddp_use_gpu,
-                                               resources_per_worker=per_worker),
-        run_config=ray.train.RunConfig(name=f"ddp-{trial_id}", storage_path=str(out / "ray_train"),
-                                       callbacks=[TuneReportCallback()],
-                                       failure_config=ray.train.FailureConfig(max_failures=0)),
-    )
-    trainer.fit()
-
-
-def _distributed_worker(cfg: dict[str, Any]) -> None:
-    """One DDP rank of a trial (runs in a Ray Train worker): Lightning with Ray's DDP strategy and cluster
-    environment; every rank reports each epoch (Ray Train's report is a barrier), rank 0's metrics reach Tune."""
-    import logging
-
-    import ray
-    import ray.train
-    from omegaconf import OmegaConf
-    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment
 
     from automl.skills import get_skill
 
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
-    try:  # "Reporting training result N: ..." at every epoch of every rank; that logger is named by its file path
-        from ray.train.v2._internal.execution import context as train_context
+    out = Path(ctx.trials_dir) / trial_id
+    out.mkdir(parents=True, exist_ok=True)
+    last = out / "checkpoints" / "last.ckpt"
+    if last.is_file():  # a retried or resumed trial continues from its own checkpoint
+        spec.train.resume_training_checkpoint_path = str(last)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    n = ctx.ddp_workers
+    dist_env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(n), "NODE_RANK": "0",
+                "OMP_NUM_THREADS": str(max(int(ctx.cpus_per_trial // n), 1))}
+    config = out / RANK_CONFIG
+    config.write_text(json.dumps({"ctx": {k: v for k, v in ctx.__dict__.items() if k != "faults"},
+                                  "faults": [f.__dict__ for f in ctx.faults], "trial_id": trial_id,
+                                  "spec": OmegaConf.to_container(spec)}))
+    children = [subprocess.Popen([sys.executable, "-m", "automl.search.trial", str(config)],
+                                 env={**os.environ, **dist_env, "LOCAL_RANK": str(r), "RANK": str(r)},
+                                 preexec_fn=_die_with_parent)
+                for r in range(1, n)]
+    os.environ.update(dist_env, LOCAL_RANK="0", RANK="0")
+    try:
+        _fit_and_report(get_skill(ctx.skill_name), spec, ctx, trial_id, out, tracking, send, devices=n,
+                        strategy=_ddp_strategy(), plugins=[_lightning_environment()])
+    finally:
+        for child in children:
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        for key in (*dist_env, "LOCAL_RANK", "RANK"):
+            os.environ.pop(key, None)
+    failed = [c.returncode for c in children if c.returncode not in (0, None)]
+    if failed:
+        raise RuntimeError(f"trial {trial_id}: {len(failed)} of its {n - 1} other DDP ranks failed "
+                           f"(exit codes {failed}); their output is in the Ray worker logs")
 
-        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
-    except ImportError:
+
+def _die_with_parent() -> None:
+    """In a child rank, before exec: SIGKILL when the trial process dies (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except OSError:
         pass
-    ctx: TrialContext = cfg["ctx"]
-    os.environ.update(ctx.tracking_env)
-    rank = ray.train.get_context().get_world_rank()
-    tracking = cfg["tracking"] if rank == 0 else replace(cfg["tracking"], enabled=False)
-    skill = get_skill(ctx.skill_name)
+
+
+def _child_rank(config_path: str) -> int:
+    """Ranks 1..N-1 of a DDP trial: the same fit as rank 0, without tracking or reporting."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from automl.skills import get_skill
+    from automl.testing import FaultHook
+    from trainer.errors import NonFiniteLossError
+    from trainer.tracking import TrackingConfig
+
+    cfg = json.loads(Path(config_path).read_text())
+    ctx = TrialContext(**{**cfg["ctx"], "faults": tuple(FaultHook(**f) for f in cfg["faults"])})
     spec = OmegaConf.create(cfg["spec"])
-    node_id = ray.get_runtime_context().get_node_id()
+    callbacks = []
+    if ctx.faults:
+        from automl.testing import fault_callbacks
 
-    def send(payload: dict[str, Any], checkpoint_path: Optional[str] = None) -> None:
-        # the checkpoint stays in the trial's folder (shared storage on a cluster); Tune needs none of its own
-        payload.update(node_id=node_id, reported_at=time.time(), ddp_world_size=ctx.ddp_workers)
-        ray.train.report(payload)
+        out = Path(ctx.trials_dir) / cfg["trial_id"]
+        callbacks = fault_callbacks(ctx.faults, _trial_index(cfg["trial_id"], ctx.trials_dir), out)
+    n = int(os.environ["WORLD_SIZE"])
+    try:
+        get_skill(ctx.skill_name).fit(spec, None, tracking=TrackingConfig(enabled=False), progress=False, quiet=True,
+                                      callbacks=callbacks, devices=n,
+                                      strategy=_ddp_strategy(), plugins=[_lightning_environment()])
+    except NonFiniteLossError:
+        return 0  # rank 0 stopped at the same step and reports the prune
+    return 0
 
-    out = Path(ctx.trials_dir) / cfg["trial_id"]
-    _fit_and_report(skill, spec, ctx, cfg["trial_id"], out, tracking, send,
-                    strategy=RayDDPStrategy(find_unused_parameters=False), plugins=[RayLightningEnvironment()])
+
+def _ddp_strategy() -> Any:
+    from pytorch_lightning.strategies import DDPStrategy
+
+    return DDPStrategy(find_unused_parameters=False)
+
+
+def _lightning_environment() -> Any:
+    from pytorch_lightning.plugins.environments import LightningEnvironment
+
+    return LightningEnvironment()
+
+
+if __name__ == "__main__":  # a child rank of a DDP trial (see _run_distributed)
+    import sys
+
+    sys.exit(_child_rank(sys.argv[1]))

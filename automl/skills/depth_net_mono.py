@@ -104,14 +104,15 @@ class DepthNetMono(Skill):
     # ---- actions ------------------------------------------------------------------------------------------
     def fit(self, spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking_uri: Optional[str] = None,
             tracking: Any = None, progress: Optional[bool] = None, quiet: bool = False,
-            callbacks: Sequence[Any] = (), strategy: Any = None, plugins: Sequence[Any] = ()) -> Any:
+            callbacks: Sequence[Any] = (), strategy: Any = None, plugins: Sequence[Any] = (),
+            devices: Any = "auto") -> Any:
         from trainer.fit import fit
         from trainer.tracking import TrackingConfig
 
         if tracking is None:
             tracking = TrackingConfig(uri=tracking_uri, experiment_name=spec.automl.experiment_name)
         return fit(spec, reporter, tracking=tracking, progress=progress, quiet=quiet, callbacks=callbacks,
-                   strategy=strategy, plugins=plugins)
+                   strategy=strategy, plugins=plugins, devices=devices)
 
     def print_fit_summary(self, spec: DictConfig, result: Any) -> None:
         last = result.history[-1] if result.history else {}
