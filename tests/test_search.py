@@ -277,3 +277,30 @@ def test_trials_spread_over_several_workers_train_with_ddp_and_are_pruned_on_nan
     # no rank outlives its trial
     leftover = subprocess.run(["pgrep", "-f", "automl.search.trial"], capture_output=True, text=True).stdout.split()
     assert not leftover, f"child ranks still running: {leftover}"
+
+
+def test_a_ddp_rank_that_dies_ends_its_trial_attempt_and_the_retry_resumes(synth_data, tmp_path, monkeypatch,
+                                                                         ray_shutdown, capsys):
+    """A child rank killed mid-epoch ends the trial's attempt (on GPUs through rank 0's watchdog, since NCCL may wait
+    for its timeout; over gloo, as here, rank 0's collective also fails by itself), Ray retries the trial, and the
+    retry resumes from its last checkpoint."""
+    from automl.cli import main
+    from automl.testing import KILLED_MARKER
+
+    monkeypatch.setenv("AUTOML_TESTING_DDP_CPU_WORKERS", "2")
+    monkeypatch.setenv("AUTOML_TESTING_KILL_WORKER", "0:1")
+    results = tmp_path / "search"
+    spec = write_yaml(tmp_path / "spec.yaml", search_spec(synth_data, results, num_trials=1, max_concurrent=1,
+                                                          cpus_per_trial=2, scheduler="none", max_failures=1))
+    started = time.time()
+    rc = main(["run", "-e", str(spec), "--search-space", str(space_file(tmp_path, diverge=False))])
+    assert rc == 0
+    assert time.time() - started < 600, "rank 0 waited for the dead rank instead of ending the attempt"
+    (trial,) = json.loads((results / "summary.json").read_text())["trials"]
+    folder = results / "trials" / trial["trial_id"]
+    assert (folder / KILLED_MARKER).is_file(), "the hook never killed the child rank"
+    assert trial["state"] == "completed" and trial["epochs"] == 2, trial
+    starts = [json.loads(line) for line in (folder / "status.json").read_text().splitlines()]
+    starts = [s for s in starts if s["status"] == "STARTED"]
+    assert len(starts) == 2 and "last.ckpt" in starts[1]["message"], "the retry did not resume from its checkpoint"
+    assert f"retry     {trial['trial_id']}" in capsys.readouterr().out, "Ray did not retry the trial"

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -185,10 +186,15 @@ def _run_distributed(ctx: TrialContext, trial_id: str, spec: Any, tracking: Any,
                                  preexec_fn=_die_with_parent)
                 for r in range(1, n)]
     os.environ.update(dist_env, LOCAL_RANK="0", RANK="0")
+    done = threading.Event()
+    threading.Thread(target=_watch_ranks, args=(children, done, trial_id), daemon=True).start()
+    # the test hook that kills "the trial's worker" kills the last rank here (a child), see _child_rank
+    rank0_ctx = replace(ctx, faults=tuple(f for f in ctx.faults if f.kind != "kill_worker"))
     try:
-        _fit_and_report(get_skill(ctx.skill_name), spec, ctx, trial_id, out, tracking, send, devices=n,
+        _fit_and_report(get_skill(ctx.skill_name), spec, rank0_ctx, trial_id, out, tracking, send, devices=n,
                         strategy=_ddp_strategy(), plugins=[_lightning_environment()])
     finally:
+        done.set()
         for child in children:
             try:
                 child.wait(timeout=60)
@@ -200,6 +206,21 @@ def _run_distributed(ctx: TrialContext, trial_id: str, spec: Any, tracking: Any,
     if failed:
         raise RuntimeError(f"trial {trial_id}: {len(failed)} of its {n - 1} other DDP ranks failed "
                            f"(exit codes {failed}); their output is in the Ray worker logs")
+
+
+def _watch_ranks(children: list, done: threading.Event, trial_id: str) -> None:
+    """Rank 0's watchdog: a child rank that dies (crash, OOM kill) would leave rank 0 waiting in its next collective
+    until the process-group timeout; instead rank 0 ends its own process at once, which Ray handles as a dead
+    worker: the trial is retried from its last checkpoint (automl.max_failures) or recorded as an error."""
+    import signal
+    import sys
+
+    while not done.wait(2.0):
+        dead = [(i + 1, c.returncode) for i, c in enumerate(children) if c.poll() not in (None, 0)]
+        if dead and not done.is_set():
+            print(f"trial {trial_id}: DDP rank(s) {', '.join(f'{r} (exit {code})' for r, code in dead)} died; "
+                  f"ending rank 0 so that Ray retries the trial", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _die_with_parent() -> None:
@@ -227,13 +248,14 @@ def _child_rank(config_path: str) -> int:
     cfg = json.loads(Path(config_path).read_text())
     ctx = TrialContext(**{**cfg["ctx"], "faults": tuple(FaultHook(**f) for f in cfg["faults"])})
     spec = OmegaConf.create(cfg["spec"])
+    n = int(os.environ["WORLD_SIZE"])
     callbacks = []
-    if ctx.faults:
+    faults = ctx.faults if int(os.environ["RANK"]) == n - 1 else tuple(f for f in ctx.faults if f.kind != "kill_worker")
+    if faults:
         from automl.testing import fault_callbacks
 
         out = Path(ctx.trials_dir) / cfg["trial_id"]
-        callbacks = fault_callbacks(ctx.faults, _trial_index(cfg["trial_id"], ctx.trials_dir), out)
-    n = int(os.environ["WORLD_SIZE"])
+        callbacks = fault_callbacks(faults, _trial_index(cfg["trial_id"], ctx.trials_dir), out)
     try:
         get_skill(ctx.skill_name).fit(spec, None, tracking=TrackingConfig(enabled=False), progress=False, quiet=True,
                                       callbacks=callbacks, devices=n,
