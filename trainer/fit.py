@@ -176,8 +176,9 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
     Tune through it; under data parallelism it is called on every rank, rank 0's metrics being the synced ones).
     `quiet` drops the per-epoch console lines; `callbacks` are extra Lightning callbacks. `strategy`, `plugins`
     and `devices` replace the spec's device choice with a distributed strategy whose processes someone else started
-    (a search trial over several GPUs starts its ranks itself and passes DDP and Lightning's environment here). Raises `NonFiniteLossError` when the loss or gradient norm becomes NaN/inf (recorded in
-    status.json and MLflow first); never returns a result for a diverged run.
+    (a search trial over several GPUs starts its ranks itself and passes DDP and Lightning's environment here).
+    Raises `NonFiniteLossError` when the loss or gradient norm becomes NaN/inf (recorded in status.json and MLflow
+    first); never returns a result for a diverged run.
     """
     from trainer.data import build_dataloader
     from trainer.model import load_weights
