@@ -144,8 +144,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         return {}
     import torch
 
-    from trainer.data.synth import generate_dataset
-
     if args.smoke:
         args.encoder, args.batch, args.gpus, args.steps, args.warmup = "smoke", 2, "1", 4, 1
         args.workers, args.frames, args.frame_size, args.crop, args.timeout = 0, 24, "48x64", "42x56", 300.0
@@ -158,10 +156,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     result: dict[str, Any] = {"benchmark": "multi_gpu", "env": env_info, "runs": {}}
     with tempfile.TemporaryDirectory(prefix="multigpu-") as tmp:
         work = Path(tmp)
-        fh, fw = (int(v) for v in args.frame_size.split("x"))
-        ch, cw = (int(v) for v in args.crop.split("x"))
-        generate_dataset(work / "nyu", args.frames, size=(fh, fw), seed=0, layout="nyu", progress=False)
         data = work / "nyu"
+        ch, cw = tt.render_nyu(data, args.frames, args.frame_size, args.crop)
         spec = {
             "model": tt.model_tree_of(args.encoder),
             "dataset": {"min_depth": 0.001, "max_depth": 10.0,

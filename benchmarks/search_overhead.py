@@ -272,12 +272,7 @@ def gpu_phases(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"benchmark": "search_overhead", "env": env_info, "phases": {}}
     with tempfile.TemporaryDirectory(prefix="search-") as tmp:
         work = Path(tmp)
-        from trainer.data.synth import generate_dataset
-
-        fh, fw = (int(v) for v in args.frame_size.split("x"))
-        ch, cw = (int(v) for v in args.crop.split("x"))
-        generate_dataset(work / "nyu", args.frames, size=(fh, fw), seed=0, layout="nyu", progress=False,
-                         val_fraction=args.val_fraction)
+        ch, cw = tt.render_nyu(work / "nyu", args.frames, args.frame_size, args.crop, val_fraction=args.val_fraction)
         pool = work / "pool.pt"
         torch.save(tt.synth_pool(args.pool, (ch, cw), seed=0), pool)
         result["data"] = {"frames": args.frames, "frame_size": args.frame_size, "crop": args.crop,

@@ -239,6 +239,16 @@ def _render(args: tuple[int, tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
     return render_frame(args[0], args[1])
 
 
+def render_nyu(folder: Path, frames: int, frame_size: str, crop: str, **kwargs: Any) -> tuple[int, int]:
+    """Render `frames` synthetic NYU-layout scenes of `frame_size` ("HxW") into `folder`; returns `crop` as (h, w)."""
+    from trainer.data.synth import generate_dataset
+
+    fh, fw = (int(v) for v in frame_size.split("x"))
+    generate_dataset(folder, frames, size=(fh, fw), seed=0, layout="nyu", progress=False, **kwargs)
+    ch, cw = (int(v) for v in crop.split("x"))
+    return ch, cw
+
+
 def synth_pool(n: int, size: tuple[int, int], seed: int = 0, processes: Optional[int] = None) -> dict[str, torch.Tensor]:
     """n rendered rooms: normalised images [n, 3, H, W] float32 and depth [n, H, W] metres."""
     jobs = [(seed * 100003 + i, size) for i in range(n)]

@@ -463,19 +463,23 @@ def _python_sources() -> list[Path]:
     return sorted(p for d in ("automl", "trainer") for p in (REPO / d).rglob("*.py"))
 
 
+def _calls():
+    """(where, call node, called name) for every call in the project's own sources."""
+    for path in _python_sources():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call):
+                yield f"{path.relative_to(REPO)}:{node.lineno}", node, ast.unparse(node.func)
+
+
 def test_lint_no_shell_true_or_os_system():
     """Lint-style guard: no subprocess call with shell=True, no os.system/os.popen (user strings never reach a
     shell)."""
     found = []
-    for path in _python_sources():
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if not isinstance(node, ast.Call):
-                continue
-            fn = ast.unparse(node.func)
-            if fn in ("os.system", "os.popen") or any(
-                    k.arg == "shell" and not (isinstance(k.value, ast.Constant) and k.value.value is False)
-                    for k in node.keywords):
-                found.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)[:120]}")
+    for where, node, fn in _calls():
+        if fn in ("os.system", "os.popen") or any(
+                k.arg == "shell" and not (isinstance(k.value, ast.Constant) and k.value.value is False)
+                for k in node.keywords):
+            found.append(f"{where}: {ast.unparse(node)[:120]}")
     assert not found, "\n".join(found)
 
 
@@ -484,15 +488,11 @@ def test_lint_every_torch_load_is_weights_only():
     checkpoint cannot run code when it is read (behaviour: test_checkpoints.py::
     test_a_pickle_that_would_run_code_is_refused_and_not_run and test_bad_input.py's resume tests)."""
     found = []
-    for path in _python_sources():
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if not isinstance(node, ast.Call):
-                continue
-            fn = ast.unparse(node.func)
-            restores = any(k.arg == "ckpt_path" for k in node.keywords)
-            if fn.endswith("torch.load") or restores:
-                safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
-                           for k in node.keywords)
-                if not safe:
-                    found.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)[:120]}")
+    for where, node, fn in _calls():
+        restores = any(k.arg == "ckpt_path" for k in node.keywords)
+        if fn.endswith("torch.load") or restores:
+            safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                       for k in node.keywords)
+            if not safe:
+                found.append(f"{where}: {ast.unparse(node)[:120]}")
     assert not found, "\n".join(found)
