@@ -14,6 +14,10 @@ across retries and resumes):
                                             been reported); first attempt only, so that the retry can finish
     AUTOML_TESTING_OUT_OF_MEMORY="2:3"      torch.OutOfMemoryError at optimizer step 3 of trial 2, as a GPU that
                                             cannot hold the batch raises it
+    AUTOML_TESTING_HOLD_TRIAL="2:1"         trial 2 stops making progress in the middle of epoch 1 (same point
+                                            as the kill; first attempt only) and writes `.testing-held` in its
+                                            folder: a test can kill the driver while a trial is known to be
+                                            mid-epoch, with the previous epoch's checkpoint reported
 
 One more hook is not aimed at a trial:
 
@@ -35,6 +39,7 @@ import torch
 NONFINITE_ENV = "AUTOML_TESTING_INJECT_NONFINITE"
 KILL_WORKER_ENV = "AUTOML_TESTING_KILL_WORKER"
 OUT_OF_MEMORY_ENV = "AUTOML_TESTING_OUT_OF_MEMORY"
+HOLD_TRIAL_ENV = "AUTOML_TESTING_HOLD_TRIAL"
 DDP_CPU_WORKERS_ENV = "AUTOML_TESTING_DDP_CPU_WORKERS"
 
 # hook kind -> (environment variable, what WHEN counts)
@@ -42,9 +47,12 @@ HOOKS = {
     "nonfinite": (NONFINITE_ENV, "step"),
     "kill_worker": (KILL_WORKER_ENV, "epoch"),
     "out_of_memory": (OUT_OF_MEMORY_ENV, "step"),
+    "hold": (HOLD_TRIAL_ENV, "epoch"),
 }
 
 KILLED_MARKER = ".testing-worker-killed"  # in the trial's results folder: the kill happened once already
+HELD_MARKER = ".testing-held"  # in the trial's results folder: the trial is (or was once) held
+HOLD_SECONDS = 600.0
 SIMULATED_OOM_MESSAGE = ("CUDA out of memory. Tried to allocate 2.00 GiB (simulated by the test hook "
                          f"{OUT_OF_MEMORY_ENV})")
 
@@ -90,6 +98,8 @@ def fault_callbacks(hooks: Sequence[FaultHook], trial_index: int, trial_dir: str
             out.append(OutOfMemoryAtStep(h.at))
         elif h.kind == "kill_worker" and not (Path(trial_dir) / KILLED_MARKER).exists():
             out.append(KillWorkerInEpoch(h.at, Path(trial_dir) / KILLED_MARKER))
+        elif h.kind == "hold" and not (Path(trial_dir) / HELD_MARKER).exists():
+            out.append(HoldInEpoch(h.at, Path(trial_dir) / HELD_MARKER))
     return out
 
 
@@ -123,6 +133,8 @@ class KillWorkerInEpoch(pl.Callback):
     the middle of an epoch, after the previous epoch's checkpoint was reported. `marker` is written first, so that
     the retried trial is not killed again."""
 
+    what = "killed"
+
     def __init__(self, epoch: int, marker: Path):
         self.epoch = int(epoch)
         self.marker = Path(marker)
@@ -131,8 +143,24 @@ class KillWorkerInEpoch(pl.Callback):
                            batch_idx) -> None:
         if trainer.current_epoch == self.epoch and not self.marker.exists():
             self.marker.parent.mkdir(parents=True, exist_ok=True)
-            self.marker.write_text(f"killed at epoch {self.epoch}, batch {batch_idx}, step {trainer.global_step}\n")
-            os.kill(os.getpid(), signal.SIGKILL)
+            self.marker.write_text(f"{self.what} at epoch {self.epoch}, batch {batch_idx}, "
+                                   f"step {trainer.global_step}\n")
+            self.act()
+
+    def act(self) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class HoldInEpoch(KillWorkerInEpoch):
+    """At the point where KillWorkerInEpoch kills, stop making progress instead (for HOLD_SECONDS): the process
+    stays alive until the test kills the search around it."""
+
+    what = "held"
+
+    def act(self) -> None:
+        import time
+
+        time.sleep(HOLD_SECONDS)
 
 
 def testing_ddp_cpu_workers(environ: Optional[Mapping[str, str]] = None) -> int:

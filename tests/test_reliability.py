@@ -420,6 +420,33 @@ def test_trials_starting_together_get_distinct_sequence_numbers(tmp_path):
     assert first == 0 and _trial_index("b", str(tmp_path)) == 1 and _trial_index("a", str(tmp_path)) == 0
 
 
+def test_a_trial_that_ended_before_the_snapshot_caught_up_replays_instead_of_training(tmp_path, monkeypatch):
+    """A trial restored by --resume as unfinished, whose folder says it ended under the crashed driver, sends Tune
+    only the reports its restored checkpoint had not seen (the flagged last report of a pruned trial included)."""
+    import ray.tune
+
+    from automl.search.trial import CHECKPOINT_EPOCH_FILE, REPORTS_FILE, _replay_finished
+
+    sent: list[dict] = []
+    monkeypatch.setattr(ray.tune, "report", lambda payload, **kw: sent.append(payload))
+    assert not _replay_finished(tmp_path / REPORTS_FILE, None)  # still running: train (nothing sent)
+    assert sent == []
+
+    reports = [{"epoch": e, "val/loss": 1.0 - e / 10} for e in range(3)]
+    (tmp_path / REPORTS_FILE).write_text(json.dumps({"reports": reports}))
+    ckpt = tmp_path / "checkpoint_000000"
+    ckpt.mkdir()
+    (ckpt / CHECKPOINT_EPOCH_FILE).write_text(json.dumps({"epoch": 0}))
+    assert _replay_finished(tmp_path / REPORTS_FILE, ckpt)
+    assert [(p["epoch"], p["val/loss"], p["replayed"]) for p in sent] == [(1, 0.9, True), (2, 0.8, True)]
+
+    sent.clear()
+    pruned = reports[:1] + [{"val/loss": None, "prune_reason": "non_finite_loss"}]
+    (tmp_path / REPORTS_FILE).write_text(json.dumps({"reports": pruned}))
+    assert _replay_finished(tmp_path / REPORTS_FILE, None)  # no checkpoint restored: Tune saw nothing
+    assert [p.get("epoch") for p in sent] == [0, None] and sent[-1]["prune_reason"] == "non_finite_loss"
+
+
 # --------------------------------------------------------------------------------------------------------------
 # security
 # --------------------------------------------------------------------------------------------------------------

@@ -122,3 +122,40 @@ def test_grid_sampler_runs_the_whole_grid_and_is_told_every_result(skill, spec, 
     trials = searcher._ot_study.trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 4
     assert sorted(t.value for t in trials) == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_a_searcher_restored_from_an_older_snapshot_keeps_the_outcomes_the_study_holds(skill, spec, tmp_path):
+    """After a driver crash Tune restores the searcher from its last snapshot, which may predate a trial's end that
+    the Optuna database already holds: that trial must be neither reported nor told again (Optuna refuses both, and
+    the refusal used to end the resumed search), and its recorded value stays."""
+    from automl.search.guards import GuardedOptunaSearch
+
+    path = tmp_path / "space.yaml"
+    path.write_text("objective: {metric: val/loss, mode: min}\nparameters:\n"
+                    "  train.optim.lr: {type: float, low: 1.0e-5, high: 1.0e-2, log: true}\n")
+    space = load_search_space(str(path), skill=skill, spec=spec)
+
+    def searcher() -> GuardedOptunaSearch:
+        return GuardedOptunaSearch(space=space, metric="val/loss", mode="min", sampler=optuna.samplers.TPESampler(
+            seed=0), storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}"), study_name="s")
+
+    first = searcher()
+    for t in ("done", "pruned", "running"):
+        first.suggest(t)
+    first.save(str(tmp_path / "snapshot.pkl"))  # the snapshot: all three trials still running
+    first.on_trial_result("done", {"val/loss": 0.5, "training_iteration": 1})
+    first.on_trial_complete("done", {"val/loss": 0.5, "training_iteration": 1})
+    first.on_trial_complete("pruned", {"val/loss": None, "prune_reason": "non_finite_loss"})
+
+    restored = searcher()
+    restored.restore(str(tmp_path / "snapshot.pkl"))
+    # the finished trials come back from the workers with their last results, or as errors while being stopped
+    restored.on_trial_result("done", {"val/loss": 0.7, "training_iteration": 2})
+    restored.on_trial_complete("done", {"val/loss": 0.7, "training_iteration": 2})
+    restored.on_trial_complete("pruned", error=True)
+    restored.on_trial_result("running", {"val/loss": 0.9, "training_iteration": 1})
+    restored.on_trial_complete("running", {"val/loss": 0.9, "training_iteration": 1})
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert [(t.state, t.value) for t in trials] == [
+        (optuna.trial.TrialState.COMPLETE, 0.5), (optuna.trial.TrialState.PRUNED, None),
+        (optuna.trial.TrialState.COMPLETE, 0.9)]

@@ -397,6 +397,7 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
     for r in records:
         r.results_dir = str(results / "trials" / r.trial_id)
     _close_orphans(results, f"search-{results.name}")
+    orphans = _orphaned_trials(results, records)
     winner = pick_winner(records, space.mode)
 
     summary: dict[str, Any] = {
@@ -408,6 +409,8 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
                    ("completed", "stopped", "pruned", "error")},
         "baseline": next((asdict(r) for r in records if r.baseline), None),
         "winner": None, "trials": [asdict(r) for r in records],
+        "orphaned_trials": [{"trial_id": t, "results_dir": str(results / "trials" / t), "reason": ORPHAN_REASON}
+                            for t in orphans],
         "mlflow": {"tracking_uri": tracking_uri, "experiment": opts.experiment_name,
                    "parent_run_id": parent.run_id},
         "optuna_storage": f"sqlite:///{results / 'optuna.db'}",
@@ -418,6 +421,13 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
         parent_state = r.state
         parent.set_trial_outcome(r.trial_id, parent_state, r.reason, r.best,
                                  winner=winner is not None and r.trial_id == winner.trial_id)
+    for trial_id in orphans:
+        parent.set_trial_outcome(trial_id, "orphaned", ORPHAN_REASON)
+    if orphans:
+        print(f"notice: {len(orphans)} trial(s) started after Ray Tune's last snapshot before the driver died "
+              f"({', '.join(orphans)}); the resumed search ran their points as new trials. Their folders under "
+              f"{results / 'trials'} are kept; their MLflow runs are marked KILLED (tag {ORPHAN_TAG_HINT}).",
+              file=sys.stderr)
 
     if winner is not None:
         summary["winner"] = finalize_winner(skill, spec, winner, results, space, opts, parent)
@@ -512,6 +522,21 @@ def tracking_report(records: list[TrialRecord], parent: ParentRun) -> dict[str, 
 def _trial_seconds(r: TrialRecord) -> float:
     times = [h.get("time_total_s") for h in r.history if isinstance(h.get("time_total_s"), (int, float))]
     return float(max(times)) if times else 0.0
+
+
+ORPHAN_REASON = "started after the last Ray Tune snapshot before the driver died; not part of the resumed search"
+ORPHAN_TAG_HINT = "automl.trial_state=orphaned"
+
+
+def _orphaned_trials(results: Path, records: list[TrialRecord]) -> list[str]:
+    """Trial folders that no trial of the (resumed) search owns: trials a crashed driver started after Tune's last
+    experiment snapshot. `--resume` restores that snapshot, so the searcher suggests such a point again as a new
+    trial; the old folder keeps what the trial wrote."""
+    known = {r.trial_id for r in records}
+    trials = results / "trials"
+    if not trials.is_dir():
+        return []
+    return sorted(d.name for d in trials.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in known)
 
 
 def _close_orphans(results: Path, study_name: str) -> None:

@@ -43,11 +43,21 @@ def is_finite_number(x: Any) -> bool:
 
 class GuardedOptunaSearch(OptunaSearch):
     """OptunaSearch that records flagged (diverged) trials as PRUNED, never reports a non-finite value, and tells
-    Optuna each finished trial's best value (Ray's tells the last one, as TAO does)."""
+    Optuna each finished trial's best value (Ray's tells the last one, as TAO does).
+
+    Resume after a driver crash: Tune restores this searcher from its last snapshot, which can be older than the
+    Optuna study (a trial told COMPLETE after the snapshot). The study in its database is the truth: a trial it holds
+    as finished is never reported to or told again."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        for trial_id, ot_trial in self._ot_trials.items():
+            if trial_id not in self._completed_trials and _finished_in_study(ot_trial):
+                self._completed_trials.add(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         value = result.get(self.metric)
-        if is_flagged_result(result) or not is_finite_number(value):
+        if is_flagged_result(result) or not is_finite_number(value) or trial_id in self._completed_trials:
             return
         best = getattr(self, "_best_values", None)
         if best is None:
@@ -63,6 +73,9 @@ class GuardedOptunaSearch(OptunaSearch):
             return
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None:
+            return
+        if _finished_in_study(ot_trial):  # told before the crash the restored snapshot predates
+            self._completed_trials.add(trial_id)
             return
         from optuna.trial import TrialState
 
@@ -89,11 +102,19 @@ class GuardedOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
-def _tell_study(study: Any, *args: Any, **kwargs: Any) -> None:
+def _finished_in_study(ot_trial: Any) -> bool:
+    """Whether the study's storage already holds `ot_trial` as finished (COMPLETE, PRUNED or FAIL)."""
+    try:
+        return bool(ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished())
+    except Exception:  # noqa: BLE001 - unknown to the storage: let `tell` decide
+        return False
+
+
+def _tell_study(study: Any, ot_trial: Any, *args: Any, **kwargs: Any) -> None:
     """Optuna's `tell`. Its grid sampler calls `Study.stop()` after the grid's last point, which Optuna allows only
     inside `optimize()`; the result is stored before that call, and Tune's sample count ends the search anyway."""
     try:
-        study.tell(*args, **kwargs)
+        study.tell(ot_trial, *args, **kwargs)
     except RuntimeError as exc:
         if "Study.stop" not in str(exc):
             raise

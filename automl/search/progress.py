@@ -33,6 +33,8 @@ class TrialTable(Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
         row["state"] = "running"
+        if "epoch" not in row:  # a trial restored by --resume: what it reported under the previous driver
+            self._seed_from_restored(trial, row)
         self._event(f"start  {trial.trial_id}  {self._params(trial)}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -68,6 +70,15 @@ class TrialTable(Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._event(f"retry     {trial.trial_id}  (worker failed; continuing from its last checkpoint)")
+
+    def _seed_from_restored(self, trial: Any, row: dict[str, Any]) -> None:
+        last = getattr(trial, "last_result", None) or {}
+        if isinstance(last.get("epoch"), (int, float)):
+            row["epoch"] = int(last["epoch"]) + 1
+        seen = (getattr(trial, "metric_analysis", None) or {}).get(self.space.metric) or {}
+        best = seen.get(self.space.mode)
+        if is_finite_number(best):
+            row["best"] = float(best)
 
     # ---- drawing ------------------------------------------------------------------------------------------------
     def _row(self, trial: Any) -> dict[str, Any]:

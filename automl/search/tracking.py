@@ -99,12 +99,14 @@ class ParentRun:
             client = MlflowClient(tracking_uri=self.uri)
             client.set_tag(run_id, STATE_TAG, state)
             if reason:
-                client.set_tag(run_id, "automl.failure_reason" if state == "error" else "automl.prune_reason", reason)
+                key = {"error": "automl.failure_reason", "orphaned": "automl.orphan_reason"}.get(
+                    state, "automl.prune_reason")
+                client.set_tag(run_id, key, reason)
             if best is not None:
                 client.set_tag(run_id, "automl.best_objective", str(best))
             if winner:
                 client.set_tag(run_id, "automl.winner", "true")
-            final = {"error": "FAILED", "pruned": "KILLED"}.get(state, "FINISHED")
+            final = {"error": "FAILED", "pruned": "KILLED", "orphaned": "KILLED"}.get(state, "FINISHED")
             if client.get_run(run_id).info.status != final:
                 with contextlib.redirect_stdout(io.StringIO()):  # MLflow prints "View run ..." links here
                     client.set_terminated(run_id, status=final)

@@ -4,10 +4,16 @@ Every validated epoch is reported to Tune with the trainer's `last.ckpt` as a Tu
 (worker died) or a resumed search (driver died) continues from it. A NaN/inf loss ends the trial with one flagged
 report (objective None, `prune_reason`), which the guarded searcher and schedulers turn into a pruned trial. Out of
 memory ends it the same way with `fail_reason` (an error, not retried: the same batch would not fit the next time).
+
+A trial that ends by itself writes every report it sent to `trials/<id>/tune_reports.json`. Tune's experiment
+snapshot, which `--resume` restores, can be older than that (it is written every few seconds and at each checkpoint):
+a trial restored as unfinished whose folder holds the file replays the reports Tune had not seen instead of training
+again.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -23,6 +29,9 @@ from automl.search.tracking import TRIAL_TAG, find_child_run
 # Test hooks (never set by the CLI or by a spec): see automl/testing.py; the driver reads them once
 # (automl.testing.read_fault_hooks) into TrialContext.faults.
 INJECT_ENV = "AUTOML_TESTING_INJECT_NONFINITE"
+
+REPORTS_FILE = "tune_reports.json"  # in the trial's folder, written when the trial ended by itself
+CHECKPOINT_EPOCH_FILE = "epoch.json"  # in each Tune checkpoint: the epoch of the report that carried it
 
 
 @dataclass
@@ -84,10 +93,16 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                               tags={TRIAL_TAG: trial_id, **{f"param.{k}": str(v) for k, v in config.items()}},
                               enabled=ctx.tracking_uri is not None)
     node_id = ray.get_runtime_context().get_node_id()
+    restored = tune.get_checkpoint()
+    restored_dir = Path(restored.to_directory()) if restored is not None else None
+    if _replay_finished(out / REPORTS_FILE, restored_dir):
+        return
+    sent: list[dict[str, Any]] = []
 
     def send(payload: dict[str, Any], checkpoint_path: Optional[str] = None) -> None:
         payload["node_id"] = node_id  # where the trial ran (summary.json)
         payload["reported_at"] = time.time()  # wall clock, to order epochs of concurrent trials (anytime curves)
+        sent.append(dict(payload))
         if checkpoint_path and ctx.ddp_workers <= 1:
             with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
                 target = Path(tmp) / "last.ckpt"
@@ -95,6 +110,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                     os.link(checkpoint_path, target)  # no copy when on the same filesystem
                 except OSError:
                     shutil.copy2(checkpoint_path, target)
+                (Path(tmp) / CHECKPOINT_EPOCH_FILE).write_text(json.dumps({"epoch": payload.get("epoch")}))
                 tune.report(payload, checkpoint=tune.Checkpoint.from_directory(tmp))
         else:  # a DDP trial keeps its checkpoint in its own folder (see _run_distributed)
             tune.report(payload)
@@ -102,17 +118,43 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     if ctx.ddp_workers > 1:
         payload_extra = {"ddp_world_size": ctx.ddp_workers}
         _run_distributed(ctx, trial_id, spec, tracking, lambda p, c=None: send({**p, **payload_extra}, c))
-        return
+    else:
+        import torch
 
-    import torch
+        torch.set_num_threads(max(int(ctx.cpus_per_trial), 1))
+        if restored_dir is not None and (restored_dir / "last.ckpt").is_file():
+            spec.train.resume_training_checkpoint_path = str(restored_dir / "last.ckpt")
+        _fit_and_report(skill, spec, ctx, trial_id, out, tracking, send)
+    _write_json_atomic(out / REPORTS_FILE, {"trial_id": trial_id, "reports": sent})
 
-    torch.set_num_threads(max(int(ctx.cpus_per_trial), 1))
-    restored = tune.get_checkpoint()
-    if restored is not None:
-        local = Path(restored.to_directory())
-        if (local / "last.ckpt").is_file():
-            spec.train.resume_training_checkpoint_path = str(local / "last.ckpt")
-    _fit_and_report(skill, spec, ctx, trial_id, out, tracking, send)
+
+def _replay_finished(reports_file: Path, restored_dir: Optional[Path]) -> bool:
+    """A trial that already ended by itself under an earlier driver (see the module's doc): send Tune the reports it
+    has not seen (those after the epoch of the checkpoint it restored; all of them when it restored none) and
+    train nothing. False when the trial has not ended yet."""
+    from ray import tune
+
+    try:
+        reports = json.loads(reports_file.read_text())["reports"]
+    except (OSError, ValueError, KeyError):
+        return False
+    seen = -1
+    if restored_dir is not None:
+        try:
+            seen = int(json.loads((restored_dir / CHECKPOINT_EPOCH_FILE).read_text())["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            seen = -1
+    for payload in reports:
+        epoch = payload.get("epoch")
+        if epoch is None or int(epoch) > seen:  # epoch None: the last, flagged report of a pruned/failed trial
+            tune.report({**payload, "replayed": True})
+    return True
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
 
 
 def _fit_and_report(skill: Any, spec: Any, ctx: TrialContext, trial_id: str, out: Path, tracking: Any,
@@ -157,7 +199,6 @@ def _run_distributed(ctx: TrialContext, trial_id: str, spec: Any, tracking: Any,
     torch.distributed variables; the kernel ends them when the trial process dies (a scheduler stopping the trial, a
     killed worker), so no rank outlives its trial and no GPU stays taken. Every rank stops at the same step on a
     NaN/inf (the all-reduced gradient carries it)."""
-    import json
     import socket
     import subprocess
     import sys
@@ -236,8 +277,6 @@ def _die_with_parent() -> None:
 
 def _child_rank(config_path: str) -> int:
     """Ranks 1..N-1 of a DDP trial: the same fit as rank 0, without tracking or reporting."""
-    import json
-
     from omegaconf import OmegaConf
 
     from automl.skills import get_skill
