@@ -289,12 +289,44 @@ def test_driver_killed_mid_search_resumes_without_losing_or_duplicating(synth_da
         assert sorted(steps) == list(range(3)), (r.data.tags["automl.trial_id"], steps)
 
 
-def test_trials_spread_over_several_workers_train_with_ddp_and_are_pruned_on_nan(synth_data, tmp_path,
-                                                                                  monkeypatch, ray_shutdown):
+def _cuda_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.fixture(params=["gloo-cpu", pytest.param("nccl-2gpu", marks=pytest.mark.gpu)])
+def ddp_trial(request, monkeypatch) -> dict:
+    """How a DDP trial of two ranks is made: on CPUs through the test hook (gloo); on a machine with 2 GPUs through
+    `gpus_per_trial: 2` as a user would (NCCL, one GPU per rank). Returns the spec's automl settings for it."""
+    if request.param == "nccl-2gpu":
+        if _cuda_gpus() < 2:
+            pytest.skip("needs 2 CUDA GPUs (on a GPU machine: pytest -m gpu)")
+        return {"gpus_per_trial": 2}
+    monkeypatch.setenv("AUTOML_TESTING_DDP_CPU_WORKERS", "2")
+    return {"gpus_per_trial": 0}
+
+
+def _status_time(path: Path, status: str) -> float:
+    """When the last `status` line of a TAO-style status.json was written (epoch seconds)."""
+    from datetime import datetime
+
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    last = [x for x in lines if x["status"] == status][-1]
+    return datetime.strptime(f"{last['date']} {last['time']}", "%m/%d/%Y %H:%M:%S").timestamp()
+
+
+def _fit_results(summary: dict) -> list[dict]:
+    return [json.loads((Path(t["results_dir"]) / "fit.json").read_text()) for t in summary["trials"]
+            if (Path(t["results_dir"]) / "fit.json").is_file()]
+
+
+def test_trials_spread_over_several_workers_train_with_ddp_and_are_pruned_on_nan(synth_data, tmp_path, ddp_trial,
+                                                                                  ray_shutdown):
     """`--gpus-per-trial 2` runs each trial as DDP over two processes (the trial is rank 0, a child process rank 1);
-    on CPUs the test hook takes the same path with gloo. Each worker sees half of every epoch's batches, the trial reports to Tune like any other, and a
-    trial whose first point diverges is pruned (every rank agrees, nobody hangs in a collective), and a trial the
-    scheduler stops takes its ranks with it."""
+    on CPUs the test hook takes the same path with gloo. Each worker sees half of every epoch's batches, the trial
+    reports to Tune like any other, and a trial whose first point diverges is pruned (every rank agrees, nobody
+    hangs in a collective), and a trial the scheduler stops takes its ranks with it."""
     import math
 
     import torch
@@ -302,10 +334,9 @@ def test_trials_spread_over_several_workers_train_with_ddp_and_are_pruned_on_nan
     from automl.cli import main
     from trainer.data.annotations import read_annotation_file
 
-    monkeypatch.setenv("AUTOML_TESTING_DDP_CPU_WORKERS", "2")
     results = tmp_path / "search"
     spec = write_yaml(tmp_path / "spec.yaml", search_spec(synth_data, results, num_trials=4, max_concurrent=1,
-                                                          cpus_per_trial=2, reduction_factor=2))
+                                                          cpus_per_trial=2, reduction_factor=2, **ddp_trial))
     # after the spec's own point: one that diverges (pruned), one that learns too slowly for ASHA's first rung
     # (stopped: its ranks must go, or the fourth trial could never start)
     space = space_file(tmp_path)
@@ -330,24 +361,28 @@ def test_trials_spread_over_several_workers_train_with_ddp_and_are_pruned_on_nan
                       weights_only=True)
     assert ckpt["global_step"] == 2 * steps_per_epoch
     assert Path(summary["winner"]["checkpoint"]).is_file()
+    # each finished trial really trained on two ranks, on GPUs when it asked for them
+    for fit in _fit_results(summary):
+        assert fit["world_size"] == 2, fit
+        assert fit["device"].startswith("cuda" if ddp_trial["gpus_per_trial"] else "cpu"), fit
     # no rank outlives its trial
     leftover = subprocess.run(["pgrep", "-f", "automl.search.trial"], capture_output=True, text=True).stdout.split()
     assert not leftover, f"child ranks still running: {leftover}"
 
 
 def test_a_ddp_rank_that_dies_ends_its_trial_attempt_and_the_retry_resumes(synth_data, tmp_path, monkeypatch,
-                                                                         ray_shutdown, capsys):
+                                                                         ddp_trial, ray_shutdown, capsys):
     """A child rank killed mid-epoch ends the trial's attempt (on GPUs through rank 0's watchdog, since NCCL may wait
-    for its timeout; over gloo, as here, rank 0's collective also fails by itself), Ray retries the trial, and the
-    retry resumes from its last checkpoint."""
+    for its timeout; over gloo rank 0's collective also fails by itself), Ray retries the trial, and the retry
+    resumes from its last checkpoint."""
     from automl.cli import main
     from automl.testing import KILLED_MARKER
 
-    monkeypatch.setenv("AUTOML_TESTING_DDP_CPU_WORKERS", "2")
     monkeypatch.setenv("AUTOML_TESTING_KILL_WORKER", "0:1")
     results = tmp_path / "search"
     spec = write_yaml(tmp_path / "spec.yaml", search_spec(synth_data, results, num_trials=1, max_concurrent=1,
-                                                          cpus_per_trial=2, scheduler="none", max_failures=1))
+                                                          cpus_per_trial=2, scheduler="none", max_failures=1,
+                                                          **ddp_trial))
     started = time.time()
     rc = main(["run", "-e", str(spec), "--search-space", str(space_file(tmp_path, diverge=False))])
     assert rc == 0
@@ -359,4 +394,39 @@ def test_a_ddp_rank_that_dies_ends_its_trial_attempt_and_the_retry_resumes(synth
     starts = [json.loads(line) for line in (folder / "status.json").read_text().splitlines()]
     starts = [s for s in starts if s["status"] == "STARTED"]
     assert len(starts) == 2 and "last.ckpt" in starts[1]["message"], "the retry did not resume from its checkpoint"
+    # the ranks leave as soon as the trial ends (an open NCCL communicator once held a child rank for a minute)
+    trained = _status_time(folder / "status.json", "SUCCESS")
+    finished = _status_time(results / "status.json", "SUCCESS")
+    assert finished - trained < 30, f"the search ended {finished - trained:.0f} s after its only trial"
     assert f"retry     {trial['trial_id']}" in capsys.readouterr().out, "Ray did not retry the trial"
+
+
+@pytest.mark.gpu
+def test_fractional_gpus_pack_several_trials_on_each_gpu(synth_data, tmp_path, ray_shutdown):
+    """`--gpus-per-trial 0.5`: two trials share each GPU, so a machine of G GPUs trains 2G trials at once, each on a
+    GPU Ray assigned (CUDA_VISIBLE_DEVICES), and every GPU gets its share."""
+    from automl.cli import main
+
+    gpus = _cuda_gpus()
+    if gpus < 1:
+        pytest.skip("needs a CUDA GPU (on a GPU machine: pytest -m gpu)")
+    results = tmp_path / "search"
+    n = 2 * gpus
+    spec = write_yaml(tmp_path / "spec.yaml", search_spec(synth_data, results, epochs=3, num_trials=n,
+                                                          scheduler="none", max_concurrent=None))
+    rc = main(["run", "-e", str(spec), "--search-space", str(space_file(tmp_path, diverge=False)),
+               "--gpus-per-trial", "0.5"])
+    assert rc == 0
+    summary = json.loads((results / "summary.json").read_text())
+    assert f"{n} at a time" in (results / "status.json").read_text().splitlines()[0]
+    assert [t["state"] for t in summary["trials"]] == ["completed"] * n, summary["trials"]
+    fits = _fit_results(summary)
+    assert len(fits) == n
+    assert all(f["device"].startswith("cuda") and f["world_size"] == 1 for f in fits), fits
+    # Ray gave each GPU to two trials
+    per_gpu: dict = {}
+    for f in fits:
+        per_gpu[f["visible_devices"]] = per_gpu.get(f["visible_devices"], 0) + 1
+    assert sorted(per_gpu.values()) == [2] * gpus, per_gpu
+    # and they trained at the same time: every trial started before any finished
+    assert max(f["started_at"] for f in fits) < min(f["started_at"] + f["wall_time_s"] for f in fits), fits

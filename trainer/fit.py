@@ -48,6 +48,13 @@ class FitResult:
     initial_metrics: dict[str, float] = field(default_factory=dict)  # validation before training, when asked
     started_at: float = 0.0  # time.time() when fit() began
     first_step_s: Optional[float] = None  # seconds from fit() to the start of the first training step (setup cost)
+    # where it trained: "cpu" or "cuda:N" of rank 0, the GPU's name, processes (DDP ranks), Lightning's precision,
+    # and CUDA_VISIBLE_DEVICES as this process saw it (which physical GPU a search trial got)
+    device: str = "cpu"
+    device_name: str = ""
+    world_size: int = 1
+    precision: str = ""
+    visible_devices: Optional[str] = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -288,6 +295,7 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
         skipped_samples=_skipped(train_loader, val_loader), wall_time_s=round(time.time() - started, 2),
         initial_metrics=initial, started_at=started,
         first_step_s=round(first_step.at - started, 3) if first_step.at is not None else None,
+        **_hardware(trainer),
     )
     if trainer.is_global_zero:
         final = recorder.history[-1] if recorder.history else {}
@@ -301,6 +309,13 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
             result.tracking_failures = list(mlrun.failures)
         (out / "fit.json").write_text(json.dumps(result.to_json(), indent=2))
     return result
+
+
+def _hardware(trainer: pl.Trainer) -> dict[str, Any]:
+    device = trainer.strategy.root_device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    return {"device": str(device), "device_name": name, "world_size": int(trainer.world_size),
+            "precision": str(trainer.precision), "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
 def _params_for_tracking(spec: DictConfig) -> dict[str, Any]:

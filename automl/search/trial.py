@@ -158,8 +158,9 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 
 
 def _fit_and_report(skill: Any, spec: Any, ctx: TrialContext, trial_id: str, out: Path, tracking: Any,
-                    send: Any, **fit_kwargs: Any) -> None:
-    """Run the skill's fit; every validated epoch and the way the run ended become reports through `send`."""
+                    send: Any, **fit_kwargs: Any) -> str:
+    """Run the skill's fit; every validated epoch and the way the run ended become reports through `send`.
+    Returns how it ended: "finished", "pruned" (non-finite loss) or "error" (out of memory)."""
     import torch
 
     from trainer.errors import NonFiniteLossError
@@ -176,14 +177,17 @@ def _fit_and_report(skill: Any, spec: Any, ctx: TrialContext, trial_id: str, out
         callbacks = fault_callbacks(ctx.faults, _trial_index(trial_id, ctx.trials_dir), out)
     try:
         skill.fit(spec, report, tracking=tracking, progress=False, quiet=True, callbacks=callbacks, **fit_kwargs)
+        return "finished"
     except torch.OutOfMemoryError as exc:
         # deterministic for a given batch/crop/encoder: recorded as an error at once, no retry to burn budget on
         from trainer.errors import out_of_memory_message
 
         send({ctx.metric: None, FAIL_KEY: f"out_of_memory: {out_of_memory_message(exc)}", "trial_state": "error"})
+        return "error"
     except NonFiniteLossError as exc:
         send({ctx.metric: None, PRUNE_KEY: exc.reason, "trial_state": "pruned", "diverged_step": exc.step,
               "diverged_epoch": exc.epoch, "diverged_what": exc.what})
+        return "pruned"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -232,18 +236,25 @@ def _run_distributed(ctx: TrialContext, trial_id: str, spec: Any, tracking: Any,
     # the test hook that kills "the trial's worker" kills the last rank here (a child), see _child_rank
     rank0_ctx = replace(ctx, faults=tuple(f for f in ctx.faults if f.kind != "kill_worker"))
     try:
-        _fit_and_report(get_skill(ctx.skill_name), spec, rank0_ctx, trial_id, out, tracking, send, devices=n,
-                        strategy=_ddp_strategy(), plugins=[_lightning_environment()])
+        ended = _fit_and_report(get_skill(ctx.skill_name), spec, rank0_ctx, trial_id, out, tracking, send,
+                                devices=n, strategy=_ddp_strategy(), plugins=[_lightning_environment()])
+        if ended != "error":  # every rank stopped at the same step (an OOM may hit this rank alone)
+            _leave_process_group()  # with the watchdog still on: a rank that died meanwhile ends this one
     finally:
         done.set()
-        for child in children:
+        lingering = []
+        for rank, child in enumerate(children, start=1):
             try:
                 child.wait(timeout=60)
             except subprocess.TimeoutExpired:
+                print(f"trial {trial_id}: DDP rank {rank} did not exit within 60 s of the trial's end; killing it",
+                      file=sys.stderr, flush=True)
                 child.kill()
+                child.wait()
+                lingering.append(child)
         for key in (*dist_env, "LOCAL_RANK", "RANK"):
             os.environ.pop(key, None)
-    failed = [c.returncode for c in children if c.returncode not in (0, None)]
+    failed = [c.returncode for c in children if c.returncode not in (0, None) and c not in lingering]
     if failed:
         raise RuntimeError(f"trial {trial_id}: {len(failed)} of its {n - 1} other DDP ranks failed "
                            f"(exit codes {failed}); their output is in the Ray worker logs")
@@ -300,8 +311,19 @@ def _child_rank(config_path: str) -> int:
                                       callbacks=callbacks, devices=n,
                                       strategy=_ddp_strategy(), plugins=[_lightning_environment()])
     except NonFiniteLossError:
-        return 0  # rank 0 stopped at the same step and reports the prune
+        pass  # rank 0 stopped at the same step and reports the prune
+    _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Close this rank's process group once a DDP fit has ended on every rank (finished, or stopped together on a
+    NaN/inf); Lightning leaves it open. Every rank must: a rank that exits with its NCCL communicator open waits in NCCL's teardown for ranks that
+    are still alive, which held each child rank (and its GPU) a minute past the trial's end on 2 H200s."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _ddp_strategy() -> Any:
