@@ -301,7 +301,7 @@ def ddp_trial(request, monkeypatch) -> dict:
     `gpus_per_trial: 2` as a user would (NCCL, one GPU per rank). Returns the spec's automl settings for it."""
     if request.param == "nccl-2gpu":
         if _cuda_gpus() < 2:
-            pytest.skip("needs 2 CUDA GPUs (on a GPU machine: pytest -m gpu)")
+            pytest.skip(reason="needs 2 CUDA GPUs (on a GPU machine: pytest -m gpu)")
         return {"gpus_per_trial": 2}
     monkeypatch.setenv("AUTOML_TESTING_DDP_CPU_WORKERS", "2")
     return {"gpus_per_trial": 0}
@@ -409,7 +409,7 @@ def test_fractional_gpus_pack_several_trials_on_each_gpu(synth_data, tmp_path, r
 
     gpus = _cuda_gpus()
     if gpus < 1:
-        pytest.skip("needs a CUDA GPU (on a GPU machine: pytest -m gpu)")
+        pytest.skip(reason="needs a CUDA GPU (on a GPU machine: pytest -m gpu)")
     results = tmp_path / "search"
     n = 2 * gpus
     spec = write_yaml(tmp_path / "spec.yaml", search_spec(synth_data, results, epochs=3, num_trials=n,

@@ -318,8 +318,9 @@ def _child_rank(config_path: str) -> int:
 
 def _leave_process_group() -> None:
     """Close this rank's process group once a DDP fit has ended on every rank (finished, or stopped together on a
-    NaN/inf); Lightning leaves it open. Every rank must: a rank that exits with its NCCL communicator open waits in NCCL's teardown for ranks that
-    are still alive, which held each child rank (and its GPU) a minute past the trial's end on 2 H200s."""
+    NaN/inf); Lightning leaves it open. Every rank must: a rank that exits with its NCCL communicator open waits in
+    NCCL's teardown for ranks still alive, which held each child rank (and its GPU) a minute past the trial's end
+    on 2 H200s."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
