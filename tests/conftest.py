@@ -84,6 +84,13 @@ def write_yaml(path: Path, tree: dict[str, Any]) -> Path:
     return path
 
 
+def status_lines(folder: Path) -> list[dict[str, Any]]:
+    """The TAO-style status.json of a results folder, one dict per line."""
+    import json
+
+    return [json.loads(line) for line in (folder / "status.json").read_text().splitlines()]
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     import socket

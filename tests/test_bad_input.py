@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import tiny_spec_tree, write_yaml
+from tests.conftest import status_lines, tiny_spec_tree, write_yaml
 
 
 def run(argv: list[str], capsys) -> tuple[int, str]:
@@ -204,7 +204,7 @@ def test_truncated_jpeg_stops_training_with_its_line_or_is_skipped_and_counted(d
     img.write_bytes(img.read_bytes()[: int(img.stat().st_size * 0.6)])  # header intact: found when decoded
     rc, err = run(["off", "-e", str(spec_file())], capsys)
     assert rc == 2 and f"train.txt:{line}" in err and img.name in err and "truncated or corrupt" in err
-    status = [json.loads(l) for l in (tmp_path / "results" / "status.json").read_text().splitlines()]
+    status = status_lines(tmp_path / "results")
     assert status[-1]["status"] == "FAILURE" and not any(s["status"] == "SUCCESS" for s in status)
 
     rc, err = run(["off", "-e", str(spec_file(dataset={"on_bad_sample": "skip"})),

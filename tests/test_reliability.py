@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port, tiny_spec_tree, wait_http, write_yaml
+from tests.conftest import free_port, status_lines, tiny_spec_tree, wait_http, write_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("RELIABILITY_SEED", "7"))
@@ -52,10 +52,6 @@ def space_yaml(tmp: Path) -> Path:
                  "parameters:\n"
                  "  train.optim.lr: {type: float, low: 3.0e-4, high: 3.0e-3, log: true}\n")
     return p
-
-
-def status_lines(folder: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (folder / "status.json").read_text().splitlines()]
 
 
 def trial_order(results: Path) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, tiny_spec_tree, wait_http, write_yaml
+from tests.conftest import free_port, status_lines, tiny_spec_tree, wait_http, write_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +85,7 @@ def test_search_prunes_the_diverging_trial_everywhere_and_hands_over_a_winner(sy
         "the initial point in the diverging region was not pruned"
     for t in diverged:
         assert t["reason"] == "non_finite_loss" and t["best"] is None
-        status = [json.loads(l) for l in (Path(t["results_dir"]) / "status.json").read_text().splitlines()]
+        status = status_lines(Path(t["results_dir"]))
         assert status[-1]["status"] == "FAILURE" and status[-1]["reason"] == "non_finite_loss"
         if t["params"]["train.optim.lr"] >= 1e5:  # diverges at once: stopped at the first or second step
             assert status[-1]["step"] <= 1
@@ -307,12 +307,11 @@ def ddp_trial(request, monkeypatch) -> dict:
     return {"gpus_per_trial": 0}
 
 
-def _status_time(path: Path, status: str) -> float:
-    """When the last `status` line of a TAO-style status.json was written (epoch seconds)."""
+def _status_time(folder: Path, status: str) -> float:
+    """When the last `status` line of the folder's status.json was written (epoch seconds)."""
     from datetime import datetime
 
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
-    last = [x for x in lines if x["status"] == status][-1]
+    last = [x for x in status_lines(folder) if x["status"] == status][-1]
     return datetime.strptime(f"{last['date']} {last['time']}", "%m/%d/%Y %H:%M:%S").timestamp()
 
 
@@ -391,12 +390,11 @@ def test_a_ddp_rank_that_dies_ends_its_trial_attempt_and_the_retry_resumes(synth
     folder = results / "trials" / trial["trial_id"]
     assert (folder / KILLED_MARKER).is_file(), "the hook never killed the child rank"
     assert trial["state"] == "completed" and trial["epochs"] == 2, trial
-    starts = [json.loads(line) for line in (folder / "status.json").read_text().splitlines()]
-    starts = [s for s in starts if s["status"] == "STARTED"]
+    starts = [s for s in status_lines(folder) if s["status"] == "STARTED"]
     assert len(starts) == 2 and "last.ckpt" in starts[1]["message"], "the retry did not resume from its checkpoint"
     # the ranks leave as soon as the trial ends (an open NCCL communicator once held a child rank for a minute)
-    trained = _status_time(folder / "status.json", "SUCCESS")
-    finished = _status_time(results / "status.json", "SUCCESS")
+    trained = _status_time(folder, "SUCCESS")
+    finished = _status_time(results, "SUCCESS")
     assert finished - trained < 30, f"the search ended {finished - trained:.0f} s after its only trial"
     assert f"retry     {trial['trial_id']}" in capsys.readouterr().out, "Ray did not retry the trial"
 
@@ -418,7 +416,7 @@ def test_fractional_gpus_pack_several_trials_on_each_gpu(synth_data, tmp_path, r
                "--gpus-per-trial", "0.5"])
     assert rc == 0
     summary = json.loads((results / "summary.json").read_text())
-    assert f"{n} at a time" in (results / "status.json").read_text().splitlines()[0]
+    assert f"{n} at a time" in status_lines(results)[0]["message"]
     assert [t["state"] for t in summary["trials"]] == ["completed"] * n, summary["trials"]
     fits = _fit_results(summary)
     assert len(fits) == n

@@ -10,14 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import tiny_spec_tree, write_yaml
+from tests.conftest import status_lines, tiny_spec_tree, write_yaml
 from trainer.errors import NonFiniteLossError
 from trainer.fit import fit
 from trainer.tracking import TrackingConfig
-
-
-def status_lines(results: Path) -> list[dict]:
-    return [json.loads(line) for line in (results / "status.json").read_text().splitlines()]
 
 
 def mlflow_runs(results: Path):
