@@ -141,16 +141,23 @@ def _run_run(args: argparse.Namespace) -> int:
     from automl.skills import get_skill
 
     skill = get_skill(args.skill)
-    spec = skill.load_spec(args.spec, args.overrides, "train")
+    spec = skill.load_spec(args.spec, [*args.overrides, *_path_flag_overrides(args)], "train")
     opts = SearchOptions.from_spec(
         spec, num_trials=args.num_trials, max_concurrent=args.max_concurrent, gpus_per_trial=args.gpus_per_trial,
-        cpus_per_trial=args.cpus_per_trial, scheduler=args.scheduler, search_space=args.search_space,
-        sampler=args.sampler, budget_epochs=args.budget_epochs,
-        metric=args.objective, address=args.address, storage_path=args.storage_path, seed=args.seed,
-        tracking_uri=_tracking_uri(args) or spec.automl.tracking_uri, resume=args.resume)
+        cpus_per_trial=args.cpus_per_trial, scheduler=args.scheduler, sampler=args.sampler,
+        budget_epochs=args.budget_epochs, metric=args.objective, address=args.address, seed=args.seed,
+        resume=args.resume)
     _check_search_flags(opts)
     run_search(skill, spec, opts)
     return 0
+
+
+def _path_flag_overrides(args: argparse.Namespace) -> list[str]:
+    """The search's path-valued flags as spec overrides, so that the spec loader resolves them against the cwd
+    like every other path (trials run in their own folders and must see absolute paths)."""
+    flags = {"automl.search_space": args.search_space, "automl.storage_path": args.storage_path,
+             "automl.tracking_uri": _tracking_uri(args)}
+    return [f"{key}={value}" for key, value in flags.items() if value]
 
 
 def _check_search_flags(opts) -> None:

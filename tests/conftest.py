@@ -56,6 +56,21 @@ def tiny_spec_tree(data: Path, results_dir: Path, *, epochs: int = 1, lr: float 
     return tree
 
 
+def search_space_text(diverge: bool = True) -> str:
+    """A search space over lr and weight decay. With `diverge`, lr spans a diverging region and the first proposed
+    point sits in it, so one trial really diverges; without, every lr trains."""
+    high = "1.0e+6" if diverge else "3.0e-3"
+    text = f"""
+objective: {{metric: val/loss, mode: min}}
+parameters:
+  train.optim.lr: {{type: float, low: 1.0e-4, high: {high}, log: true}}
+  train.optim.weight_decay: {{type: float, low: 1.0e-4, high: 0.1, log: true}}
+"""
+    if diverge:
+        text += "initial_points:\n  - {train.optim.lr: 1.0e+6}\n"
+    return text
+
+
 def _deep_update(dst: dict, src: dict) -> None:
     for k, v in src.items():
         if isinstance(v, dict) and isinstance(dst.get(k), dict):

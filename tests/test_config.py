@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import textwrap
 from pathlib import Path
 
@@ -117,7 +119,8 @@ def test_override_list_index_and_aliases():
                            "dataset.train_dataset.data_sources.0.dataset_name=nyudv2relative",
                            "model.model_type=RelativeDepthAnything", "automl_policy=off"], check_files=False)
     src = spec.dataset.train_dataset.data_sources[0]
-    assert src.data_file == "a.txt" and src.dataset_name == "NYUDV2Relative"  # case-insensitive, canonical
+    assert src.data_file == os.path.join(os.getcwd(), "a.txt")  # relative to where the command ran
+    assert src.dataset_name == "NYUDV2Relative"  # case-insensitive, canonical
     assert spec.automl.policy == "off"
 
 

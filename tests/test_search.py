@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, status_lines, tiny_spec_tree, wait_http, write_yaml
+from tests.conftest import free_port, search_space_text, status_lines, tiny_spec_tree, wait_http, write_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -21,19 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def space_file(tmp_path: Path, diverge: bool = True) -> Path:
-    """With `diverge`, lr spans a diverging region and the first proposed point sits in it, so one trial really
-    diverges; without, every lr trains."""
-    high = "1.0e+6" if diverge else "3.0e-3"
-    text = f"""
-objective: {{metric: val/loss, mode: min}}
-parameters:
-  train.optim.lr: {{type: float, low: 1.0e-4, high: {high}, log: true}}
-  train.optim.weight_decay: {{type: float, low: 1.0e-4, high: 0.1, log: true}}
-"""
-    if diverge:
-        text += "initial_points:\n  - {train.optim.lr: 1.0e+6}\n"
     p = tmp_path / "space.yaml"
-    p.write_text(text)
+    p.write_text(search_space_text(diverge))
     return p
 
 

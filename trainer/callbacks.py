@@ -160,11 +160,23 @@ class RunRecorder(pl.Callback):
             print(f"epoch {epoch + 1}/{trainer.max_epochs}  {shown}  ({elapsed:.1f}s, eta {_fmt_td(eta)})",
                   flush=True)
 
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _drop_optimizer_state(trainer)
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.failure = exception
+        _drop_optimizer_state(trainer)
         if not trainer.is_global_zero:
             return
-        if isinstance(exception, (KeyboardInterrupt, SystemExit)):
+        stopped = isinstance(exception, (KeyboardInterrupt, SystemExit))
+        if stopped and trainer.max_epochs and len(self.history) >= trainer.max_epochs:
+            # stopped at its last report (a search scheduler ends every trial there): every epoch was trained
+            self.status.write("SUCCESS", "Training finished", last_checkpoint=self.last_checkpoint,
+                              kpi={k: v for k, v in self.history[-1].items() if k not in ("epoch", "lr")})
+            if self.mlflow is not None:
+                self.mlflow.end("FINISHED")
+            return
+        if stopped:
             # asked to stop from outside (Ctrl-C, or a search scheduler ending a losing trial): not a failure
             self.status.write("STOPPED", f"Training stopped from outside ({type(exception).__name__}) after "
                                          f"{len(self.history)} epochs", reason="interrupted",
@@ -181,6 +193,12 @@ class RunRecorder(pl.Callback):
         if self.mlflow is not None:
             self.mlflow.set_tags({"failure_reason": reason, "failure_message": str(exception)[:4000]})
             self.mlflow.end("FAILED")
+
+
+def _drop_optimizer_state(trainer: pl.Trainer) -> None:
+    """Lightning's teardown moves the optimizer state to the CPU; once a run has ended nothing reads it (it is in
+    last.ckpt), and on a GPU whose process a search scheduler is ending, that copy raced with the process exit."""
+    trainer.strategy.optimizers = []
 
 
 def _is_tty() -> bool:

@@ -29,6 +29,7 @@ from typing import Any, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from ray.tune import Stopper
+from ray.tune.stopper import CombinedStopper
 
 from automl.search.guards import FAIL_KEY, PRUNE_KEY, GuardedOptunaSearch, build_scheduler, is_finite_number
 from automl.search.space import SearchSpace, load_search_space
@@ -224,7 +225,8 @@ def collect_trials(grid: Any, space: SearchSpace, num_epochs: int, baseline: Map
         elif last.get(FAIL_KEY):  # ended itself with a recorded reason (out of memory), not retried
             state, reason = "error", str(last.get(FAIL_KEY))
         elif res.error is not None:
-            state, reason = "error", f"{type(res.error).__name__}: {str(res.error).strip().splitlines()[-1][:300]}"
+            lines = [line for line in str(res.error).splitlines() if line.strip()]
+            state, reason = "error", f"{type(res.error).__name__}: {(lines[-1].strip() if lines else '')[:300]}"
         elif epochs >= num_epochs:
             state, reason = "completed", None
         else:
@@ -309,6 +311,9 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
         raise UserError(f"{results} already holds a search; continue it with --resume, or choose another "
                         f"results_dir=PATH")
 
+    # what every trial would find wrong in its inputs stops the search here, in seconds, before Ray starts
+    for line in skill.preflight(spec):
+        print(f"checked: {line}", file=sys.stderr)
     space_path = opts.search_space or state.get("search_space") or str(skill.default_search_space())
     space = load_search_space(space_path, skill=skill, spec=spec, metric=opts.metric, mode=opts.mode)
     tracking_uri = opts.tracking_uri or state.get("tracking_uri") or default_tracking_uri(results)
@@ -369,8 +374,11 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
     table = TrialTable(space, num_epochs)
+    stoppers = [SameFailureStopper(min(concurrent, opts.num_trials))]
+    if opts.budget_epochs:
+        stoppers.append(EpochBudget(opts.budget_epochs))
     run_config = tune.RunConfig(
-        stop=EpochBudget(opts.budget_epochs) if opts.budget_epochs else None,
+        stop=CombinedStopper(*stoppers),
         name=EXPERIMENT, storage_path=str(storage),
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -444,9 +452,7 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
         status.write("FAILURE", "Search finished without a usable trial (all pruned or failed)",
                      states=summary["states"])
         parent.end("FAILED")
-        raise UserError(f"no trial finished with a finite {space.metric}: {summary['states']}; see "
-                        f"{results / 'summary.json'} (a learning-rate range that diverges everywhere is the usual "
-                        f"cause)")
+        raise UserError(failure_message(records, space.metric, results / "summary.json"))
     status.write("SUCCESS", "Search finished", kpi={space.metric: winner.best}, winner=winner.trial_id,
                  states=summary["states"])
     parent.end("FINISHED")
@@ -485,6 +491,41 @@ class EpochBudget(Stopper):
 
     def stop_all(self) -> bool:
         return sum(self.spent.values()) >= self.budget
+
+
+class SameFailureStopper(Stopper):
+    """Tune stopper: end the whole search when the first `min_failures` trials to end have all failed with the same
+    error that no retry fixes (a bad data file, spec or checkpoint, a full disk) and none produced a result: every
+    further trial would fail the same way."""
+
+    def __init__(self, min_failures: int):
+        self.min_failures = max(int(min_failures), 1)
+        self.failures: dict[str, str] = {}
+        self.succeeded = False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        if result.get(FAIL_KEY):
+            self.failures[trial_id] = str(result[FAIL_KEY])
+        elif result.get("epoch") is not None:
+            self.succeeded = True
+        return False
+
+    def stop_all(self) -> bool:
+        return (not self.succeeded and len(self.failures) >= self.min_failures
+                and len(set(self.failures.values())) == 1)
+
+
+def failure_message(records: list[TrialRecord], metric: str, summary_file: Path) -> str:
+    """Why a search produced no usable trial, in the words a user can act on: the one error every trial failed with,
+    the learning-rate hint only when trials diverged, else the count of each ending."""
+    errors = {r.reason for r in records if r.state == "error" and r.reason}
+    states = {s: sum(1 for r in records if r.state == s) for s in ("completed", "stopped", "pruned", "error")}
+    if records and all(r.state == "error" for r in records) and len(errors) == 1:
+        return f"every trial failed with the same error, so the search stopped: {errors.pop()}"
+    hint = (" (a learning-rate range that diverges everywhere is the usual cause)" if states["pruned"] else "")
+    shown = "; ".join(sorted(errors))[:600]
+    return (f"no trial finished with a finite {metric}: {states}" + (f"; errors: {shown}" if shown else "") +
+            f"; see {summary_file}{hint}")
 
 
 def _fault_hooks() -> tuple:

@@ -13,6 +13,9 @@ again.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import errno
 import json
 import os
 import shutil
@@ -25,6 +28,7 @@ from typing import Any, Optional
 
 from automl.search.guards import FAIL_KEY, PRUNE_KEY
 from automl.search.tracking import TRIAL_TAG, find_child_run
+from trainer.errors import UserError
 
 # Test hooks (never set by the CLI or by a spec): see automl/testing.py; the driver reads them once
 # (automl.testing.read_fault_hooks) into TrialContext.faults.
@@ -84,7 +88,11 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     out = Path(ctx.trials_dir) / trial_id
     values = {**ctx.fixed, **config, "results_dir": str(out), "train.results_dir": None,
               "train.optim.monitor_name": ctx.metric}
-    spec = skill.with_overrides(OmegaConf.create(ctx.base_spec), values)
+    try:
+        spec = skill.with_overrides(OmegaConf.create(ctx.base_spec), values)
+    except UserError as exc:  # the sampled values make an invalid spec: the same on every retry
+        tune.report({ctx.metric: None, FAIL_KEY: deterministic_failure(exc), "trial_state": "error"})
+        return
 
     run_id = find_child_run(ctx.tracking_uri, ctx.experiment_name, ctx.parent_run_id, trial_id) \
         if ctx.tracking_uri and ctx.parent_run_id else None
@@ -115,6 +123,17 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         else:  # a DDP trial keeps its checkpoint in its own folder (see _run_distributed)
             tune.report(payload)
 
+    with _finish_before_process_exit():
+        _run(ctx, spec, trial_id, out, tracking, restored_dir, send)
+    _write_json_atomic(out / REPORTS_FILE, {"trial_id": trial_id, "reports": sent})
+
+
+def _run(ctx: TrialContext, spec: Any, trial_id: str, out: Path, tracking: Any, restored_dir: Optional[Path],
+         send: Any) -> None:
+    """Train the trial: over its DDP ranks, or in this process (from the checkpoint Tune restored, if any)."""
+    from automl.skills import get_skill
+
+    skill = get_skill(ctx.skill_name)
     if ctx.ddp_workers > 1:
         payload_extra = {"ddp_world_size": ctx.ddp_workers}
         _run_distributed(ctx, trial_id, spec, tracking, lambda p, c=None: send({**p, **payload_extra}, c))
@@ -125,7 +144,25 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         if restored_dir is not None and (restored_dir / "last.ckpt").is_file():
             spec.train.resume_training_checkpoint_path = str(restored_dir / "last.ckpt")
         _fit_and_report(skill, spec, ctx, trial_id, out, tracking, send)
-    _write_json_atomic(out / REPORTS_FILE, {"trial_id": trial_id, "reports": sent})
+
+
+@contextlib.contextmanager
+def _finish_before_process_exit(timeout_s: float = 60.0):
+    """Ray runs the trial in a daemon thread, and when a scheduler stops the trial it ends the actor's process while
+    that thread is still unwinding (status record, Lightning's teardown). A daemon thread caught inside CUDA by the
+    interpreter's shutdown aborts the process (`Fatal Python error: Aborted`), so the process waits, at exit, for
+    this thread to end (at most `timeout_s`)."""
+    thread = threading.current_thread()
+
+    def wait_for_trial() -> None:
+        if thread is not threading.current_thread() and thread.is_alive():
+            thread.join(timeout_s)
+
+    atexit.register(wait_for_trial)
+    try:
+        yield
+    finally:
+        atexit.unregister(wait_for_trial)
 
 
 def _replay_finished(reports_file: Path, restored_dir: Optional[Path]) -> bool:
@@ -188,6 +225,38 @@ def _fit_and_report(skill: Any, spec: Any, ctx: TrialContext, trial_id: str, out
         send({ctx.metric: None, PRUNE_KEY: exc.reason, "trial_state": "pruned", "diverged_step": exc.step,
               "diverged_epoch": exc.epoch, "diverged_what": exc.what})
         return "pruned"
+    except (UserError, OSError) as exc:
+        reason = deterministic_failure(exc)
+        if reason is None:
+            raise  # may pass on a retry (a flaky mount, a lost connection): Ray retries from the last checkpoint
+        send({ctx.metric: None, FAIL_KEY: reason, "trial_state": "error"})
+        return "error"
+
+
+# errno values of OSErrors that a retry of the same trial on the same machine cannot fix
+_LASTING_OS_ERRORS = {errno.ENOSPC: "out_of_disk", errno.EDQUOT: "out_of_disk", errno.EROFS: "read_only",
+                      errno.EACCES: "permission_denied", errno.ENOENT: "file_not_found"}
+
+
+def deterministic_failure(exc: BaseException) -> Optional[str]:
+    """`KIND: message` for an error that would happen again on a retry (a bad spec, data or checkpoint; a full
+    disk; a permission), None for one that might not. A trial ending with such an error is recorded as an error at
+    once and never retried; the driver stops the search when every trial fails with the same one."""
+    if isinstance(exc, UserError):
+        kind = {"SpecError": "invalid_spec", "DataError": "bad_data", "DataConfigError": "bad_data",
+                "CheckpointError": "bad_checkpoint"}.get(type(exc).__name__, "user_error")
+        problems = getattr(exc, "problems", None)
+        return f"{kind}: {'; '.join(map(str, problems)) if problems else first_line(exc)}"
+    if isinstance(exc, OSError) and exc.errno in _LASTING_OS_ERRORS:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{_LASTING_OS_ERRORS[exc.errno]}: {exc.strerror or exc}{where}"
+    return None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type's name when the message is empty."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0].strip() if lines else type(exc).__name__
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -38,6 +38,11 @@ class Skill(ABC):
 
     # ---- actions ------------------------------------------------------------------------------------------
     @abstractmethod
+    def preflight(self, spec: DictConfig) -> list[str]:
+        """Check, once and before any trial starts, what every training run of `spec` would read (data, initial
+        weights, results folder); raise the `UserError` a run would raise. Returns one line per passed check."""
+
+    @abstractmethod
     def fit(self, spec: DictConfig, reporter: Optional[Reporter] = None) -> Any:
         """One training run (a plain run or a search trial)."""
 

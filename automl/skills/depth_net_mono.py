@@ -102,6 +102,11 @@ class DepthNetMono(Skill):
         return REPO_ROOT / "search_spaces" / "depth_net_mono.yaml"
 
     # ---- actions ------------------------------------------------------------------------------------------
+    def preflight(self, spec: DictConfig) -> list[str]:
+        from trainer.preflight import check_before_training
+
+        return check_before_training(spec)
+
     def fit(self, spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking_uri: Optional[str] = None,
             tracking: Any = None, progress: Optional[bool] = None, quiet: bool = False,
             callbacks: Sequence[Any] = (), strategy: Any = None, plugins: Sequence[Any] = (),

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainer.errors import SpecError, SpecProblem
 from trainer.config import schema
+from trainer.config.paths import resolve_paths
 from trainer.config.schema import ExperimentConfig
 
 Notice = Callable[[str], None]
@@ -612,6 +613,7 @@ def build_spec(raw: Optional[Mapping] = None, overrides: Sequence[str] | Sequenc
             value = "auto" if value else "off"
         override_keys.add(key)
         _set_dotted(tree, key, value)
+    resolve_paths(tree)  # relative paths mean the user's cwd, for every trial, rank and node (trainer/config/paths.py)
 
     def origin_of(path: str) -> Optional[str]:
         norm = path
@@ -647,6 +649,7 @@ def build_config(cls: type, raw: Optional[Mapping], overrides: Sequence[str] = (
     for key, value in parse_overrides(overrides):
         override_keys.add(key)
         _set_dotted(tree, key, value)
+    resolve_paths(tree)
 
     def origin_of(path: str) -> Optional[str]:
         if path in override_keys or any(path.startswith(k + ".") or k.startswith(path + ".") for k in override_keys):
