@@ -77,3 +77,9 @@ def out_of_memory_message(exc: BaseException) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0][:200] if text else type(exc).__name__
     return f"{first}; {OUT_OF_MEMORY_FIX}"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type's name when the message is empty."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from trainer.callbacks import Reporter, RunRecorder, StatusFile, _is_tty
 from trainer.config import flatten, save_spec, to_plain
-from trainer.errors import CheckpointError, UserError
+from trainer.errors import CheckpointError, UserError, first_line
 from trainer.tracking import TRACKING_FAILURES_FILE, MlflowRun, TrackingConfig
 
 # Lightning chatter that says nothing actionable to our users
@@ -187,10 +187,6 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
     Raises `NonFiniteLossError` when the loss or gradient norm becomes NaN/inf (recorded in status.json and MLflow
     first); never returns a result for a diverged run.
     """
-    from trainer.data import build_dataloader
-    from trainer.model import load_weights
-    from trainer.module import DepthModule
-
     started = time.time()
     quiet_library_logs()
     out = results_dir_of(spec)
@@ -200,45 +196,21 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
     save_spec(spec, out / "spec.yaml")
     t = spec.train
 
-    fast = fast_path(spec)
-    if fast.precision == "fp16" and not torch.cuda.is_available():
-        raise UserError("train.precision=fp16 needs a GPU; use fp32 (or bf16) on the CPU")
-    resume = t.resume_training_checkpoint_path
-    if resume and not Path(resume).is_file():
-        raise CheckpointError(f"train.resume_training_checkpoint_path: file not found: {resume}")
-
-    if t.num_threads:
-        torch.set_num_threads(int(t.num_threads))
-    pl.seed_everything(int(t.seed), workers=True, verbose=False)
-    torch.backends.cudnn.benchmark = bool(t.cudnn.benchmark)
-    torch.backends.cudnn.deterministic = bool(t.cudnn.deterministic)
-
-    train_loader = build_dataloader(spec, "train_dataset", train=True)
-    has_val = len(spec.dataset.val_dataset.data_sources) > 0
-    val_loader = build_dataloader(spec, "val_dataset", train=False) if has_val else None
-
-    module = DepthModule(to_plain(spec))
-    if not resume:
-        if t.pretrained_model_path:
-            load_weights(module.model, t.pretrained_model_path, strict=True)
-            if spec.model.mono_backbone.pretrained_path:
-                print("notice: train.pretrained_model_path initialises the whole model; "
-                      "model.mono_backbone.pretrained_path is not used", file=sys.stderr)
-        elif spec.model.mono_backbone.pretrained_path:
-            load_weights(module.model, spec.model.mono_backbone.pretrained_path, strict=True, backbone_only=True)
-    else:
-        # Lightning restores the file below; reading it here first turns a truncated file, one that would run code
-        # (weights_only) or one of another model into a CheckpointError naming the file and the mismatch
-        try:
-            load_weights(module.model, resume, strict=True)
-        except CheckpointError as exc:
-            raise CheckpointError(f"train.resume_training_checkpoint_path: {exc}") from None
+    status = StatusFile(out / "status.json")
+    try:
+        fast, resume = _check_run(spec)
+        train_loader, val_loader = _loaders(spec)
+        module = _initial_module(spec, resume)
+    except UserError as exc:  # recorded where the run's folder says what happened, then raised to the caller
+        if int(os.environ.get("RANK", "0")) == 0:
+            status.write("FAILURE", first_line(exc), reason=type(exc).__name__)
+        raise
+    has_val = val_loader is not None
     apply_fast_path(module.model, fast)
 
     monitor, mode = monitor_of(spec, has_val)
     tracking = tracking or TrackingConfig()
     mlrun = MlflowRun(tracking, out, failure_log=out / TRACKING_FAILURES_FILE) if tracking.enabled else None
-    status = StatusFile(out / "status.json")
     show_bar = _is_tty() if progress is None else progress
     recorder = RunRecorder(status=status, mlflow_run=mlrun, checkpoint_dir=ckpt_dir,
                            checkpoint_interval=int(t.checkpoint_interval), has_validation=has_val,
@@ -309,6 +281,57 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
             result.tracking_failures = list(mlrun.failures)
         (out / "fit.json").write_text(json.dumps(result.to_json(), indent=2))
     return result
+
+
+def _check_run(spec: DictConfig) -> tuple[FastPath, Optional[str]]:
+    """The run's speed settings and the checkpoint it resumes from (None: a fresh start), checked for this machine;
+    also sets the process-wide settings a run needs (threads, seeds, cuDNN)."""
+    t = spec.train
+    fast = fast_path(spec)
+    if fast.precision == "fp16" and not torch.cuda.is_available():
+        raise UserError("train.precision=fp16 needs a GPU; use fp32 (or bf16) on the CPU")
+    resume = t.resume_training_checkpoint_path or None
+    if resume and not Path(resume).is_file():
+        raise CheckpointError(f"train.resume_training_checkpoint_path: file not found: {resume}")
+    if t.num_threads:
+        torch.set_num_threads(int(t.num_threads))
+    pl.seed_everything(int(t.seed), workers=True, verbose=False)
+    torch.backends.cudnn.benchmark = bool(t.cudnn.benchmark)
+    torch.backends.cudnn.deterministic = bool(t.cudnn.deterministic)
+    return fast, resume
+
+
+def _loaders(spec: DictConfig) -> tuple[Any, Optional[Any]]:
+    """The training loader and the validation loader (None when the spec has no validation data)."""
+    from trainer.data import build_dataloader
+
+    train_loader = build_dataloader(spec, "train_dataset", train=True)
+    has_val = len(spec.dataset.val_dataset.data_sources) > 0
+    return train_loader, build_dataloader(spec, "val_dataset", train=False) if has_val else None
+
+
+def _initial_module(spec: DictConfig, resume: Optional[str]) -> Any:
+    """The LightningModule with its initial weights: the full model or the backbone the spec names, or (resuming)
+    the checkpoint's, read here first so that a truncated file, one that would run code or one of another model
+    is a CheckpointError naming the file and the mismatch before Lightning restores it."""
+    from trainer.model import load_weights
+    from trainer.module import DepthModule
+
+    t = spec.train
+    module = DepthModule(to_plain(spec))
+    if resume:
+        try:
+            load_weights(module.model, resume, strict=True)
+        except CheckpointError as exc:
+            raise CheckpointError(f"train.resume_training_checkpoint_path: {exc}") from None
+    elif t.pretrained_model_path:
+        load_weights(module.model, t.pretrained_model_path, strict=True)
+        if spec.model.mono_backbone.pretrained_path:
+            print("notice: train.pretrained_model_path initialises the whole model; "
+                  "model.mono_backbone.pretrained_path is not used", file=sys.stderr)
+    elif spec.model.mono_backbone.pretrained_path:
+        load_weights(module.model, spec.model.mono_backbone.pretrained_path, strict=True, backbone_only=True)
+    return module
 
 
 def _hardware(trainer: pl.Trainer) -> dict[str, Any]:

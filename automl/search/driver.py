@@ -363,7 +363,7 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
                        metric=space.metric, mode=space.mode, tracking_uri=tracking_uri,
                        experiment_name=opts.experiment_name, parent_run_id=parent.run_id,
                        cpus_per_trial=resources["cpu"], faults=_fault_hooks(), ddp_workers=res.ddp_workers,
-                       tracking_env=tracking_env)
+                       tracking_env=tracking_env, user_cwd=os.getcwd())
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), res.tune)
 
     from automl.search.progress import TrialTable
@@ -374,7 +374,8 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
     table = TrialTable(space, num_epochs)
-    stoppers = [SameFailureStopper(min(concurrent, opts.num_trials))]
+    same_failure = SameFailureStopper(min(concurrent, opts.num_trials))
+    stoppers = [same_failure]
     if opts.budget_epochs:
         stoppers.append(EpochBudget(opts.budget_epochs))
     run_config = tune.RunConfig(
@@ -404,6 +405,8 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
     records = collect_trials(grid, space, num_epochs, baseline)
     for r in records:
         r.results_dir = str(results / "trials" / r.trial_id)
+        if same_failure.stop_all() and r.state == "stopped" and r.epochs == 0:
+            r.reason = SEARCH_STOPPED  # ended by the stop of the whole search, not by the scheduler
     _close_orphans(results, f"search-{results.name}")
     orphans = _orphaned_trials(results, records)
     winner = pick_winner(records, space.mode)
@@ -493,6 +496,9 @@ class EpochBudget(Stopper):
         return sum(self.spent.values()) >= self.budget
 
 
+SEARCH_STOPPED = "search stopped: every trial before it failed with the same error"
+
+
 class SameFailureStopper(Stopper):
     """Tune stopper: end the whole search when the first `min_failures` trials to end have all failed with the same
     error that no retry fixes (a bad data file, spec or checkpoint, a full disk) and none produced a result: every
@@ -520,7 +526,8 @@ def failure_message(records: list[TrialRecord], metric: str, summary_file: Path)
     the learning-rate hint only when trials diverged, else the count of each ending."""
     errors = {r.reason for r in records if r.state == "error" and r.reason}
     states = {s: sum(1 for r in records if r.state == s) for s in ("completed", "stopped", "pruned", "error")}
-    if records and all(r.state == "error" for r in records) and len(errors) == 1:
+    ran = [r for r in records if r.reason != SEARCH_STOPPED]
+    if ran and all(r.state == "error" for r in ran) and len(errors) == 1:
         return f"every trial failed with the same error, so the search stopped: {errors.pop()}"
     hint = (" (a learning-rate range that diverges everywhere is the usual cause)" if states["pruned"] else "")
     shown = "; ".join(sorted(errors))[:600]

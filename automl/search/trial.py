@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 from automl.search.guards import FAIL_KEY, PRUNE_KEY
 from automl.search.tracking import TRIAL_TAG, find_child_run
-from trainer.errors import UserError
+from trainer.errors import UserError, first_line
 
 # Test hooks (never set by the CLI or by a spec): see automl/testing.py; the driver reads them once
 # (automl.testing.read_fault_hooks) into TrialContext.faults.
@@ -55,6 +55,7 @@ class TrialContext:
     tracking_env: dict[str, str] = field(default_factory=dict)  # MLflow HTTP retry settings (fail fast)
     fixed: dict[str, Any] = field(default_factory=dict)  # overrides applied to every trial
     ddp_workers: int = 0  # > 1: each trial is a DDP run over this many processes (one GPU each)
+    user_cwd: Optional[str] = None  # where the user ran the search: relative paths among sampled values mean it
 
 
 def _trial_index(trial_id: str, trials_dir: str) -> int:
@@ -89,7 +90,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     values = {**ctx.fixed, **config, "results_dir": str(out), "train.results_dir": None,
               "train.optim.monitor_name": ctx.metric}
     try:
-        spec = skill.with_overrides(OmegaConf.create(ctx.base_spec), values)
+        spec = skill.with_overrides(OmegaConf.create(ctx.base_spec), values, base_dir=ctx.user_cwd)
     except UserError as exc:  # the sampled values make an invalid spec: the same on every retry
         tune.report({ctx.metric: None, FAIL_KEY: deterministic_failure(exc), "trial_state": "error"})
         return
@@ -251,12 +252,6 @@ def deterministic_failure(exc: BaseException) -> Optional[str]:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{_LASTING_OS_ERRORS[exc.errno]}: {exc.strerror or exc}{where}"
     return None
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message, or its type's name when the message is empty."""
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[0].strip() if lines else type(exc).__name__
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -21,8 +21,10 @@ class Skill(ABC):
         """Read and validate a spec for `action`; with `path=None`, the embedded demo spec."""
 
     @abstractmethod
-    def with_overrides(self, spec: DictConfig, values: Mapping[str, Any]) -> DictConfig:
-        """A validated copy of `spec` with dotted `values` applied (search trials)."""
+    def with_overrides(self, spec: DictConfig, values: Mapping[str, Any], *,
+                       base_dir: Optional[str] = None) -> DictConfig:
+        """A validated copy of `spec` with dotted `values` applied (search trials); relative paths among `values`
+        mean `base_dir` (the folder the user ran the search from; default: the current directory)."""
 
     @abstractmethod
     def known_key(self, dotted: str) -> bool:

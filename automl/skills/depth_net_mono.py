@@ -83,10 +83,11 @@ class DepthNetMono(Skill):
             return load_spec(None, overrides, action=action, base=demo_spec_tree(results_dir))
         return load_spec(path, overrides, action=action)
 
-    def with_overrides(self, spec: DictConfig, values: Mapping[str, Any]) -> DictConfig:
+    def with_overrides(self, spec: DictConfig, values: Mapping[str, Any], *,
+                       base_dir: Optional[str] = None) -> DictConfig:
         from trainer.config import with_overrides
 
-        return with_overrides(spec, values, action="train")
+        return with_overrides(spec, values, action="train", base_dir=base_dir)
 
     def known_key(self, dotted: str) -> bool:
         from trainer.config import known_key

@@ -580,9 +580,12 @@ def _notice_unused(touched: list[str], notice: Notice) -> None:
 
 def build_spec(raw: Optional[Mapping] = None, overrides: Sequence[str] | Sequence[tuple[str, Any]] = (),
                *, source: Optional[str] = None, action: Optional[str] = None, notice: Optional[Notice] = None,
-               check_files: bool = True, base: Optional[Mapping] = None) -> DictConfig:
+               check_files: bool = True, base: Optional[Mapping] = None,
+               base_dir: Optional[str | Path] = None) -> DictConfig:
     """Validate `raw` (a spec as a plain mapping) with `overrides` on top and return the typed spec.
 
+    Relative path values are made absolute under `base_dir` (default: the current directory), see
+    `trainer.config.paths`.
     `base`, when given, is a plain mapping applied under `raw` (e.g. the embedded demo spec).
     `action` selects which dataset splits must name existing files (train: train+val, evaluate: test,
     inference: infer).
@@ -613,7 +616,7 @@ def build_spec(raw: Optional[Mapping] = None, overrides: Sequence[str] | Sequenc
             value = "auto" if value else "off"
         override_keys.add(key)
         _set_dotted(tree, key, value)
-    resolve_paths(tree)  # relative paths mean the user's cwd, for every trial, rank and node (trainer/config/paths.py)
+    resolve_paths(tree, Path(base_dir) if base_dir else None)  # relative paths mean the user's cwd, for every trial, rank and node (trainer/config/paths.py)
 
     def origin_of(path: str) -> Optional[str]:
         norm = path
@@ -706,10 +709,12 @@ def load_spec(path: Optional[str | Path] = None, overrides: Sequence[str] = (), 
 
 
 def with_overrides(spec: DictConfig, values: Mapping[str, Any], *, action: Optional[str] = None,
-                   check_files: bool = False, notice: Optional[Notice] = None) -> DictConfig:
-    """A copy of `spec` with dotted `values` applied and validated again (used for search trials)."""
+                   check_files: bool = False, notice: Optional[Notice] = None,
+                   base_dir: Optional[str | Path] = None) -> DictConfig:
+    """A copy of `spec` with dotted `values` applied and validated again (used for search trials); relative paths
+    among `values` mean `base_dir` (default: the current directory)."""
     return build_spec(_plain(spec), list(values.items()), action=action, check_files=check_files,
-                      notice=notice or (lambda _m: None))
+                      notice=notice or (lambda _m: None), base_dir=base_dir)
 
 
 def to_plain(spec: DictConfig) -> dict:
