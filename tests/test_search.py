@@ -145,6 +145,15 @@ def test_search_on_a_two_node_ray_cluster(synth_data, tmp_path, ray_shutdown):
         with pytest.raises(UserError) as exc:
             run_search(skill, spec, opts)
         assert "2 nodes" in str(exc.value) and "mlflow server" in str(exc.value)
+        # a data file only one node has is refused before any trial: here it is on no node at all
+        from automl.search.driver import check_multinode_storage
+
+        storage = tmp_path / "shared"
+        storage.mkdir()
+        with pytest.raises(UserError) as exc:
+            check_multinode_storage(storage, "http://127.0.0.1:1", {"dataset.x.data_file": "/nowhere/train.txt"})
+        assert "dataset.x.data_file: /nowhere/train.txt (missing on" in str(exc.value)
+        assert skill.input_paths(spec)["dataset.train_dataset.data_sources.0.data_file"] == str(synth_data / "train.txt")
 
         port = free_port()
         server = subprocess.Popen(

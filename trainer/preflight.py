@@ -52,3 +52,23 @@ def _check_initial_weights(spec: DictConfig) -> list[str]:
         return [f"train.pretrained_model_path loads: {full}"]
     load_weights(model, backbone, strict=True, backbone_only=True)
     return [f"model.mono_backbone.pretrained_path loads: {backbone}"]
+
+
+def input_paths(spec: DictConfig) -> dict[str, str]:
+    """The files a training run of `spec` reads, keyed by what they are: each training/validation annotation file
+    (by its spec key), the first image each one lists, and the initial weights. Every node of a cluster must see
+    them at the same paths."""
+    from trainer.data.annotations import read_annotation_file
+
+    out: dict[str, str] = {}
+    for split in ("train_dataset", "val_dataset"):
+        for i, src in enumerate(spec.dataset[split].data_sources):
+            out[f"dataset.{split}.data_sources.{i}.data_file"] = str(src.data_file)
+            samples = read_annotation_file(src.data_file, check_files=False)
+            if samples:
+                out[f"first image of {src.data_file}"] = str(samples[0].image)
+    for key, value in (("train.pretrained_model_path", spec.train.pretrained_model_path),
+                       ("model.mono_backbone.pretrained_path", spec.model.mono_backbone.pretrained_path)):
+        if value:
+            out[key] = str(value)
+    return out

@@ -119,8 +119,9 @@ def _alive_nodes() -> list[dict[str, Any]]:
     return [n for n in ray.nodes() if n.get("Alive")]
 
 
-def check_multinode_storage(storage: Path, tracking_uri: str) -> None:
-    """On a cluster of several nodes, every node must see the storage path and reach the tracking store."""
+def check_multinode_storage(storage: Path, tracking_uri: str, inputs: Mapping[str, str] | None = None) -> None:
+    """On a cluster of several nodes, every node must see the storage path and the trials' input files (`inputs`:
+    what each path is -> path, e.g. the spec key of a data file) at the same paths, and reach the tracking store."""
     import ray
 
     nodes = _alive_nodes()
@@ -134,22 +135,34 @@ def check_multinode_storage(storage: Path, tracking_uri: str) -> None:
             f"--tracking-uri http://HOST:5000")
     marker = storage / f".shared-check-{uuid.uuid4().hex[:8]}"
     marker.write_text("ok")
+    paths = {STORAGE_KEY: str(marker), **(inputs or {})}
     try:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         @ray.remote(num_cpus=0)
-        def sees(path: str) -> tuple[str, bool]:
-            return socket.gethostname(), os.path.exists(path)
+        def missing(wanted: dict[str, str]) -> tuple[str, list[str]]:
+            return socket.gethostname(), [key for key, path in wanted.items() if not os.path.exists(path)]
 
-        checks = [sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                  .remote(str(marker)) for n in nodes]
-        blind = [host for host, ok in ray.get(checks, timeout=120) if not ok]
+        checks = [missing.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                  .remote(paths) for n in nodes]
+        blind: dict[str, set[str]] = {}
+        for host, keys in ray.get(checks, timeout=120):
+            for key in keys:
+                blind.setdefault(key, set()).add(host)
     finally:
         marker.unlink(missing_ok=True)
-    if blind:
-        raise UserError(f"automl.storage_path {storage} is not shared: node(s) {', '.join(sorted(set(blind)))} "
+    if STORAGE_KEY in blind:
+        raise UserError(f"automl.storage_path {storage} is not shared: node(s) {', '.join(sorted(blind[STORAGE_KEY]))} "
                         f"cannot see it; put results on storage every node mounts at the same path (NFS) or use "
                         f"automl.storage_path=s3://bucket/path")
+    if blind:
+        lines = [f"  - {key}: {paths[key]} (missing on {', '.join(sorted(hosts))})" for key, hosts in blind.items()]
+        raise UserError(f"the trials' input files must exist at the same paths on every node of the cluster; "
+                        f"{len(blind)} do not:\n" + "\n".join(lines) + "\nput them on storage every node mounts "
+                        f"at the same path (NFS), or copy them to each node")
+
+
+STORAGE_KEY = "automl.storage_path"
 
 
 @dataclass
@@ -324,7 +337,7 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
 
     _init_ray(opts.address, results)
     storage.mkdir(parents=True, exist_ok=True)
-    check_multinode_storage(storage, tracking_uri)
+    check_multinode_storage(storage, tracking_uri, skill.input_paths(spec))
     res = _resources(opts)
     resources, concurrent = res.per_trial, res.concurrent
     num_epochs = int(spec.train.num_epochs)

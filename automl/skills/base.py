@@ -45,6 +45,11 @@ class Skill(ABC):
         weights, results folder); raise the `UserError` a run would raise. Returns one line per passed check."""
 
     @abstractmethod
+    def input_paths(self, spec: DictConfig) -> dict[str, str]:
+        """The files every training run of `spec` reads, by what they are (a spec key, or "first image of FILE");
+        on a cluster each node must see them at the same paths."""
+
+    @abstractmethod
     def fit(self, spec: DictConfig, reporter: Optional[Reporter] = None) -> Any:
         """One training run (a plain run or a search trial)."""
 

@@ -108,6 +108,11 @@ class DepthNetMono(Skill):
 
         return check_before_training(spec)
 
+    def input_paths(self, spec: DictConfig) -> dict[str, str]:
+        from trainer.preflight import input_paths
+
+        return input_paths(spec)
+
     def fit(self, spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking_uri: Optional[str] = None,
             tracking: Any = None, progress: Optional[bool] = None, quiet: bool = False,
             callbacks: Sequence[Any] = (), strategy: Any = None, plugins: Sequence[Any] = (),
