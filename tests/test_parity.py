@@ -171,3 +171,114 @@ def test_released_files_round_trip_with_the_original(vits_pair, tmp_path):
 def test_parameter_count_equals_the_original(vits_pair):
     original, ours = vits_pair
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in original.parameters()) == 24_785_089
+
+
+# --------------------------------------------------------------------------------------------------------------
+# `automl inference` end to end vs the original `infer_image`, on a non-square photo (PyTorch and ONNX Runtime)
+# --------------------------------------------------------------------------------------------------------------
+
+PHOTO_HW = (480, 640)
+END_TO_END_TOL = 1e-3  # max |ours - original| / (max - min of the original's output)
+MAX_DEPTH = 20.0
+
+
+class _SigmoidTimes(torch.nn.Module):
+    """The original metric_depth head ends in Sigmoid and its forward multiplies by max_depth; in the relative
+    class the final ReLU sits at output_conv2[3] and forward applies another ReLU (a no-op on positive values)."""
+
+    def __init__(self, max_depth: float):
+        super().__init__()
+        self.max_depth = max_depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x) * self.max_depth
+
+
+def photo_like(hw: tuple[int, int] = PHOTO_HW, seed: int = 0):
+    """uint8 RGB [H, W, 3]: smooth colour gradients, sharp-edged discs and sensor-like noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    h, w = hw
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([0.5 + 0.4 * np.sin(x / 37) * np.cos(y / 53), y / h, 1 - x / w], axis=-1)
+    for _ in range(12):
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(20, 90)
+        img[(x - cx) ** 2 + (y - cy) ** 2 < r * r] = rng.uniform(0, 1, 3)
+    img += rng.normal(0, 0.03, img.shape)
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("photo")
+    Image.fromarray(photo_like()).save(folder / "street.jpg", quality=90)  # JPEG: decoding is part of the path
+    return folder / "street.jpg"
+
+
+def _original_model(metric: bool) -> torch.nn.Module:
+    torch.manual_seed(0)
+    original = orig_dpt.DepthAnythingV2(**VITS).eval()
+    _randomise(original)
+    if metric:  # logits of order 1 so that the sigmoid is not saturated; then the metric head
+        with torch.no_grad():
+            original.depth_head.scratch.output_conv2[2].weight.mul_(0.02)
+            original.depth_head.scratch.output_conv2[2].bias.zero_()
+        original.depth_head.scratch.output_conv2[3] = _SigmoidTimes(MAX_DEPTH)
+    return original
+
+
+def _inference_spec(tmp, photo, metric: bool, name: str, **section):
+    from trainer.config import build_spec
+
+    tree = {"results_dir": str(tmp / "results"),
+            "model": {"model_type": "MetricDepthAnything" if metric else "RelativeDepthAnything", "encoder": "vits"},
+            "dataset": {"infer_dataset": {"data_root": str(photo.parent), "batch_size": 1, "workers": 0,
+                                          "pin_memory": False}},
+            "inference": {"results_dir": str(tmp / name), **section},
+            "export": {"onnx_file": str(tmp / "model.onnx"), "on_cpu": True, **section}}
+    if metric:
+        tree["dataset"]["max_depth"] = MAX_DEPTH
+    return build_spec(tree, check_files=False, notice=lambda _m: None)
+
+
+def end_to_end_differences(tmp, photo, metric: bool) -> dict[str, float]:
+    """max |ours - original infer_image| / output range of `automl inference` with a released-layout checkpoint
+    (PyTorch) and with its default ONNX export (ONNX Runtime)."""
+    import cv2
+    import numpy as np
+
+    from trainer.export import export_onnx
+    from trainer.infer import inference
+
+    original = _original_model(metric)
+    released = tmp / f"depth_anything_v2_{'metric_hypersim_' if metric else ''}vits.pth"
+    torch.save(original.state_dict(), released)
+    with torch.no_grad():
+        expected = original.infer_image(cv2.imread(str(photo)))
+    span = float(expected.max() - expected.min())
+    assert expected.shape == PHOTO_HW and span > 0
+
+    out = {}
+    spec = _inference_spec(tmp, photo, metric, "pytorch", checkpoint=str(released))
+    export = _inference_spec(tmp, photo, metric, "export", checkpoint=str(released))
+    runs = {"pytorch": lambda: inference(spec, progress=False)}
+    runs["onnx"] = lambda: (export_onnx(export, notice=lambda _m: None, progress=False), inference(
+        _inference_spec(tmp, photo, metric, "onnx", onnx_file=str(tmp / "model.onnx")), progress=False))[1]
+    for name, run in runs.items():
+        got = np.load(run()["images"][0]["raw"])
+        assert got.shape == expected.shape
+        out[name] = float(np.abs(got - expected).max()) / span
+    kind = "metric" if metric else "relative"
+    print(f"\n{kind} vits {PHOTO_HW[0]}x{PHOTO_HW[1]}: max|ours - original| / range: "
+          + ", ".join(f"{k} {v:.3g}" for k, v in out.items()) + f" (range {span:.4g})")
+    return out
+
+
+@pytest.mark.parametrize("metric", [False, True], ids=["relative", "metric"])
+def test_inference_on_a_non_square_photo_matches_the_original_infer_image(photo, tmp_path, metric):
+    diffs = end_to_end_differences(tmp_path, photo, metric)
+    assert diffs["pytorch"] <= END_TO_END_TOL
+    assert diffs["onnx"] <= END_TO_END_TOL
