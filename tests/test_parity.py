@@ -282,3 +282,89 @@ def test_inference_on_a_non_square_photo_matches_the_original_infer_image(photo,
     diffs = end_to_end_differences(tmp_path, photo, metric)
     assert diffs["pytorch"] <= END_TO_END_TOL
     assert diffs["onnx"] <= END_TO_END_TOL
+
+
+# --------------------------------------------------------------------------------------------------------------
+# `automl evaluate` vs metrics computed from the original model's outputs with the original formulas
+# --------------------------------------------------------------------------------------------------------------
+
+EVAL_SIZE = 266  # network short side (crop_size) for speed; the original's infer_image takes it as input_size
+
+
+def _original_eval_depth(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """The formulas of the original metric_depth/util/metric.py `eval_depth`, on valid pixels (1-D tensors)."""
+    thresh = torch.max(target / pred, pred / target)
+    diff, diff_log = pred - target, torch.log(pred) - torch.log(target)
+    return {"d1": (thresh < 1.25).float().mean().item(), "d2": (thresh < 1.25 ** 2).float().mean().item(),
+            "d3": (thresh < 1.25 ** 3).float().mean().item(), "abs_rel": (diff.abs() / target).mean().item(),
+            "sq_rel": (diff ** 2 / target).mean().item(), "rmse": diff.pow(2).mean().sqrt().item(),
+            "rmse_log": diff_log.pow(2).mean().sqrt().item(),
+            "log10": (torch.log10(pred) - torch.log10(target)).abs().mean().item(),
+            "silog": (diff_log.pow(2).mean() - 0.5 * diff_log.mean() ** 2).sqrt().item()}
+
+
+def _midas_align(pred, depth, cap: float):
+    """MiDaS' relative evaluation, written out with NumPy: least squares in disparity, disparity cap, inverse."""
+    import numpy as np
+
+    a = np.stack([pred, np.ones_like(pred)], axis=1)
+    (s, t), *_ = np.linalg.lstsq(a, 1.0 / depth, rcond=None)
+    return 1.0 / np.maximum(s * pred + t, 1.0 / cap)
+
+
+def reference_metrics(original: torch.nn.Module, data_file, relative: bool) -> dict[str, float]:
+    """NYU frames listed in `data_file`: the original's pre-processing, network and align_corners=True resize-back,
+    NYU's valid range (1e-3..10 m) and Eigen crop, the MiDaS alignment (relative), the original formulas; averaged
+    over images."""
+    import cv2
+    import numpy as np
+    import torch.nn.functional as F
+
+    from trainer.data.datasets import eigen_crop_mask
+
+    sums: dict[str, float] = {}
+    lines = [ln.split() for ln in data_file.read_text().splitlines() if ln.strip()]
+    for image, depth_file in lines:
+        raw = cv2.imread(str(data_file.parent / image))
+        depth = cv2.imread(str(data_file.parent / depth_file), cv2.IMREAD_UNCHANGED).astype(np.float64) / 1000.0
+        with torch.no_grad():
+            x, (h, w) = original.image2tensor(raw, EVAL_SIZE)
+            pred = F.interpolate(original(x)[:, None], (h, w), mode="bilinear", align_corners=True)[0, 0].numpy()
+        valid = (depth >= 1e-3) & (depth <= 10.0) & eigen_crop_mask(depth.shape)
+        p, g = pred[valid].astype(np.float64), depth[valid]
+        if relative:
+            p = _midas_align(p, g, cap=10.0)
+        for k, v in _original_eval_depth(torch.from_numpy(p).float(), torch.from_numpy(g).float()).items():
+            sums[k] = sums.get(k, 0.0) + v
+    return {k: v / len(lines) for k, v in sums.items()}
+
+
+@pytest.fixture(scope="module")
+def nyu_frames(tmp_path_factory):
+    from trainer.data.synth import generate_dataset
+
+    return generate_dataset(tmp_path_factory.mktemp("nyu"), 3, size=(120, 160), layout="nyu", progress=False).train_file
+
+
+@pytest.mark.parametrize("metric", [False, True], ids=["relative", "metric"])
+def test_evaluate_matches_the_original_outputs_and_formulas(nyu_frames, tmp_path, metric):
+    from trainer.config import build_spec
+    from trainer.evaluate import evaluate
+
+    original = _original_model(metric)
+    released = tmp_path / "depth_anything_v2_vits.pth"
+    torch.save(original.state_dict(), released)
+    tree = {"results_dir": str(tmp_path / "results"),
+            "model": {"model_type": "MetricDepthAnything" if metric else "RelativeDepthAnything", "encoder": "vits"},
+            "dataset": {"test_dataset": {"data_sources": [{"data_file": str(nyu_frames), "dataset_name": "NYUDV2"}],
+                                         "batch_size": 2, "workers": 0, "pin_memory": False,
+                                         "augmentation": {"crop_size": [EVAL_SIZE, EVAL_SIZE]}}},
+            "evaluate": {"checkpoint": str(released), "results_dir": str(tmp_path / "eval")}}
+    if metric:
+        tree["dataset"].update(min_depth=1e-3, max_depth=MAX_DEPTH)
+    got = evaluate(build_spec(tree, check_files=False, notice=lambda _m: None), progress=False)
+    expected = reference_metrics(original, nyu_frames, relative=not metric)
+    print(f"\n{'metric' if metric else 'relative'}: ours {got['metrics']}\noriginal {expected}")
+    assert got["num_images"] == 3
+    for k, v in expected.items():
+        assert got["metrics"][k] == pytest.approx(v, rel=1e-3, abs=1e-5), k
