@@ -694,12 +694,13 @@ def run_batched(run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tenso
     return torch.cat(outputs)
 
 
-def check_hw(shape: Sequence[int], low: Sequence[int], high: Sequence[int], source: str) -> None:
+def check_hw(shape: Sequence[int], low: Sequence[int], high: Sequence[int], source: str, hint: str = "") -> None:
     """Raise `UserError` when an input's height/width lie outside what the exported file accepts."""
     h, w = int(shape[-2]), int(shape[-1])
     if not (low[0] <= h <= high[0] and low[1] <= w <= high[1]):
         raise UserError(f"input {h}x{w} is outside what {source} accepts ({low[0]}x{low[1]} .. {high[0]}x{high[1]}); "
-                        f"set evaluate/inference.input_height and input_width inside that range")
+                        f"set evaluate/inference.input_height and input_width inside that range"
+                        + (f", {hint}" if hint else ""))
 
 
 @dataclass
