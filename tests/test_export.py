@@ -89,7 +89,8 @@ def relative_static(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("relative_static")
     ckpt = make_checkpoint(tmp / "rel.ckpt", "RelativeDepthAnything")
     seen, notice = notes()
-    result = export_onnx(export_spec(tmp, ckpt, batch_size=2, opset_version=16), notice=notice, progress=False)
+    result = export_onnx(export_spec(tmp, ckpt, batch_size=2, opset_version=16, dynamic_hw=False), notice=notice,
+                         progress=False)
     return tmp, ckpt, result, seen
 
 
@@ -229,7 +230,10 @@ def test_existing_file_is_kept_unless_forced(tmp_path):
     assert main(["export", "-e", str(spec_file)]) == 2
     assert target.read_text() == "an older export"
     assert main(["export", "-e", str(spec_file), "--force"]) == 0
-    assert read_sidecar(target)["validation"]["status"] == "passed"
+    side = read_sidecar(target)
+    assert side["validation"]["status"] == "passed"
+    # by default height and width are dynamic: non-square images go in at their keep-aspect size
+    assert side["dynamic_hw"] and all(isinstance(d, str) for d in side["input"]["shape"][2:])
     assert (tmp_path / "r" / "export" / "status.json").is_file()
 
 
