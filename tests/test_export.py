@@ -374,6 +374,7 @@ def test_deployed_spec_takes_model_and_range_from_the_sidecar():
     other = build_spec({"dataset": {"max_depth": 10.0}}, check_files=False, notice=lambda _m: None)
     assert deployed_spec(other, meta, "m.onnx", fixed_size=(518, 518), notice=notice).evaluate.input_width == 518
     assert any("masks the ground truth" in n for n in seen)
+    assert any("without keeping its aspect ratio" in n for n in seen)  # a fixed-size file squashes photos
 
 
 def test_deployed_spec_takes_the_training_preprocessing_unless_the_spec_sets_its_own():
