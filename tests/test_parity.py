@@ -368,3 +368,19 @@ def test_evaluate_matches_the_original_outputs_and_formulas(nyu_frames, tmp_path
     assert got["num_images"] == 3
     for k, v in expected.items():
         assert got["metrics"][k] == pytest.approx(v, rel=1e-3, abs=1e-5), k
+
+
+@pytest.mark.parametrize("hw", [(518, 518), (480, 640), (640, 480), (375, 1242), (97, 131), (1080, 1920)],
+                         ids=lambda hw: f"{hw[0]}x{hw[1]}")
+def test_network_input_equals_the_original_image2tensor(vits_pair, hw):
+    """Square, landscape, portrait, KITTI-like, tiny (upscaled) and full-HD (downscaled) images: same network input
+    size and values as the original's pre-processing."""
+    import cv2
+
+    from trainer.data import EvalTransform
+
+    rgb = photo_like(hw, seed=hw[0])
+    expected, (h, w) = vits_pair[0].image2tensor(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), 518)
+    got = EvalTransform(short_side=518)(rgb)
+    assert (h, w) == hw and got.shape == expected.shape[1:]
+    torch.testing.assert_close(got, expected[0].float().cpu(), rtol=0, atol=1e-6)

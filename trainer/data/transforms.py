@@ -232,16 +232,16 @@ class EvalTransform:
 
 def preprocess_image(rgb: np.ndarray, size: tuple[int, int], mean: Sequence[float],
                      std: Sequence[float]) -> torch.Tensor:
-    """The original `infer_image` pre-processing: uint8 RGB `[H, W, 3]` -> `rgb / 255` as float32 -> cv2
+    """The original `infer_image` pre-processing: uint8 RGB `[H, W, 3]` -> `rgb / 255` as float64 -> cv2
     `INTER_CUBIC` resize to `size` = (height, width) (no antialiasing; skipped at the same size) ->
     `(x - mean) / std` -> float32 `[3, h, w]`. Shared by the PyTorch, ONNX Runtime and TensorRT paths (they all
     read images through `EvalTransform`)."""
     import cv2
 
     h, w = int(size[0]), int(size[1])
-    x = np.require(rgb, np.uint8).astype(np.float32) / np.float32(255.0)
+    x = np.require(rgb, np.uint8) / 255.0  # float64 like the original (cv2's float32 cubic is ~1e-4 off)
     if x.shape[:2] != (h, w):
         x = cv2.resize(x, (w, h), interpolation=cv2.INTER_CUBIC)
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    x = (x - np.asarray(mean, np.float64)) / np.asarray(std, np.float64)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32))
 
