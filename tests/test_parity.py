@@ -384,3 +384,24 @@ def test_network_input_equals_the_original_image2tensor(vits_pair, hw):
     got = EvalTransform(short_side=518)(rgb)
     assert (h, w) == hw and got.shape == expected.shape[1:]
     torch.testing.assert_close(got, expected[0].float().cpu(), rtol=0, atol=1e-6)
+
+
+def test_relative_scores_are_the_same_through_disparity_and_depth_datasets(nyu_frames, tmp_path):
+    """NYUDV2Relative carries disparity targets, NYUDV2 metres: `automl evaluate` of a relative model inverts the
+    former and caps both at NYU's 10 m, so the same frames give the same metres-based metrics either way."""
+    from trainer.config import build_spec
+    from trainer.evaluate import evaluate
+
+    released = tmp_path / "depth_anything_v2_vits.pth"
+    torch.save(_original_model(False).state_dict(), released)
+    results = {}
+    for name in ("NYUDV2", "NYUDV2Relative"):
+        tree = {"results_dir": str(tmp_path / "results"),
+                "model": {"model_type": "RelativeDepthAnything", "encoder": "vits"},
+                "dataset": {"test_dataset": {"data_sources": [{"data_file": str(nyu_frames), "dataset_name": name}],
+                                             "batch_size": 3, "workers": 0, "pin_memory": False,
+                                             "augmentation": {"crop_size": [EVAL_SIZE, EVAL_SIZE]}}},
+                "evaluate": {"checkpoint": str(released), "results_dir": str(tmp_path / name)}}
+        results[name] = evaluate(build_spec(tree, check_files=False, notice=lambda _m: None), progress=False)["metrics"]
+    assert results["NYUDV2Relative"] == pytest.approx(results["NYUDV2"], rel=1e-5)
+    assert results["NYUDV2"]["rmse"] < 10.0  # metres, not inverse metres or uncapped depths
