@@ -6,8 +6,8 @@
 - graph: input `image` float32 [B, 3, H, W] (RGB normalised with the training mean/std), output `depth` float32
   [B, H, W] (metres for MetricDepthAnything, relative disparity for RelativeDepthAnything); batch dynamic
   (`export.batch_size: -1`) or fixed; height/width dynamic (`export.dynamic_hw: true`, the default: multiples of
-  14, so that images keep their aspect ratio) or fixed at `export.input_height/width`; opset >= 17 so that LayerNorm stays one `LayerNormalization` op;
-  every resize takes explicit sizes (the model never uses float scale factors);
+  14, so that images keep their aspect ratio) or fixed at `export.input_height/width`; opset >= 17 so that
+  LayerNorm stays one `LayerNormalization` op; every resize takes explicit sizes (no float scale factors);
 - the depth range baked into a metric model comes from the checkpoint's own training spec; an export spec that
   contradicts it (dataset.max_depth, model.model_type, model.encoder) is an error naming both values;
 - validation: `onnx.checker`, the graph checks above, and ONNX Runtime against PyTorch (fp32, CPU) on the same
