@@ -95,15 +95,30 @@ def test_profile_of_a_dynamic_size_file():
     assert p == ShapeProfile((1, 3, 280, 280), (1, 3, 518, 686), (1, 3, 770, 1022)) and p.fixed_hw is None
     assert p.trtexec_args() == ("--minShapes=image:1x3x280x280 --optShapes=image:1x3x518x686 "
                                 "--maxShapes=image:1x3x770x1022")
-    # opt from tensorrt.height/width, range defaulting to it
+    # opt from tensorrt.height/width, the default range widened to include it
     p = engine_profile(gen_spec(tensorrt__height=364, tensorrt__width=504).gen_trt_engine, onnx_meta(dynamic_hw=True))
-    assert p.min == p.opt == p.max == (1, 3, 364, 504)
+    assert (p.min, p.opt, p.max) == ((1, 3, 364, 504), (1, 3, 364, 504), (1, 3, 1036, 1036))
     with pytest.raises(SpecError) as err:
         engine_profile(gen_spec(tensorrt__min_height=300, tensorrt__max_height=200).gen_trt_engine,
                        onnx_meta(dynamic_hw=True))
     text = str(err.value)
     assert "gen_trt_engine.tensorrt.min_height: found 300, expected a positive multiple of 14" in text
     assert "expected min_height <= height <= max_height, found 300, 518, 200" in text
+
+
+def test_default_profile_of_a_dynamic_size_file_takes_keep_aspect_photos():
+    """The keep-aspect pre-processing gives 518x686 for a 480x640 photo and 686x518 for a portrait one; the default
+    profile covers aspect ratios up to 2:1 either way, so a TensorRT engine never squashes a photo."""
+    from trainer.data import eval_input_size
+
+    p = engine_profile(gen_spec().gen_trt_engine, onnx_meta(dynamic_hw=True))
+    assert (p.min, p.opt, p.max) == ((1, 3, 518, 518), (1, 3, 518, 518), (1, 3, 1036, 1036)) and p.fixed_hw is None
+    for hw in ((480, 640), (640, 480), (1080, 1920), (518, 1036)):
+        h, w = eval_input_size(hw, 518)
+        assert p.min[2] <= h <= p.max[2] and p.min[3] <= w <= p.max[3], hw
+    meta = onnx_meta(dynamic_hw=True)
+    meta["preprocessing"] = {"augmentation": {"crop_size": [266, 350]}}  # the training crop's short side wins
+    assert engine_profile(gen_spec().gen_trt_engine, meta).min == (1, 3, 266, 266)
 
 
 def test_profile_refuses_other_sizes_for_a_fixed_size_file():

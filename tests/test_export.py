@@ -89,7 +89,8 @@ def relative_static(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("relative_static")
     ckpt = make_checkpoint(tmp / "rel.ckpt", "RelativeDepthAnything")
     seen, notice = notes()
-    result = export_onnx(export_spec(tmp, ckpt, batch_size=2, opset_version=16), notice=notice, progress=False)
+    result = export_onnx(export_spec(tmp, ckpt, batch_size=2, opset_version=16, dynamic_hw=False), notice=notice,
+                         progress=False)
     return tmp, ckpt, result, seen
 
 
@@ -229,7 +230,10 @@ def test_existing_file_is_kept_unless_forced(tmp_path):
     assert main(["export", "-e", str(spec_file)]) == 2
     assert target.read_text() == "an older export"
     assert main(["export", "-e", str(spec_file), "--force"]) == 0
-    assert read_sidecar(target)["validation"]["status"] == "passed"
+    side = read_sidecar(target)
+    assert side["validation"]["status"] == "passed"
+    # by default height and width are dynamic: non-square images go in at their keep-aspect size
+    assert side["dynamic_hw"] and all(isinstance(d, str) for d in side["input"]["shape"][2:])
     assert (tmp_path / "r" / "export" / "status.json").is_file()
 
 
@@ -370,6 +374,7 @@ def test_deployed_spec_takes_model_and_range_from_the_sidecar():
     other = build_spec({"dataset": {"max_depth": 10.0}}, check_files=False, notice=lambda _m: None)
     assert deployed_spec(other, meta, "m.onnx", fixed_size=(518, 518), notice=notice).evaluate.input_width == 518
     assert any("masks the ground truth" in n for n in seen)
+    assert any("without keeping its aspect ratio" in n for n in seen)  # a fixed-size file squashes photos
 
 
 def test_deployed_spec_takes_the_training_preprocessing_unless_the_spec_sets_its_own():

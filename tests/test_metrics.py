@@ -133,3 +133,43 @@ def test_accumulator_takes_single_images_and_a_per_call_relative_flag():
     acc.update(gt.clone(), gt, torch.ones_like(gt, dtype=torch.bool))
     out = acc.compute()
     assert out["count"] == 2 and out["d1"] == 1.0 and out["abs_rel"] < 1e-9
+
+
+# Capped relative protocol on a hand-solvable case: three equal groups of pixels with prediction 0, 1, 2 and
+# ground truth 10 m, 2 m, 1 m (disparity 0.1, 0.5, 1). Least squares in disparity: s = cov / var = 0.3 / (2/3)
+# = 0.45, t = mean(disp) - s * mean(pred) = 1.6/3 - 0.45 = 1/12. Aligned disparities 1/12, 8/15, 59/60, i.e.
+# depths 12 m, 1.875 m, 60/59 m. With a 10 m cap the first group is clamped to 10 m (exact).
+CAP_PRED = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64).repeat_interleave(4).reshape(3, 4)
+CAP_GT = torch.tensor([10.0, 2.0, 1.0], dtype=torch.float64).repeat_interleave(4).reshape(3, 4)
+
+
+def _abs_rel(depths):
+    return sum(abs(d - g) / g for d, g in zip(depths, (10.0, 2.0, 1.0))) / 3
+
+
+def test_capped_relative_protocol_known_answer():
+    from trainer.metrics import align_relative
+
+    valid = torch.ones_like(CAP_GT, dtype=torch.bool)
+    uncapped = align_relative(CAP_PRED, CAP_GT, valid, max_depth=20.0)  # cap 0.05 < 1/12: not reached
+    torch.testing.assert_close(uncapped[:, 0], torch.tensor([12.0, 1.875, 60 / 59], dtype=torch.float64))
+    capped = depth_metrics(CAP_PRED, CAP_GT, valid, relative=True, max_depth=10.0)
+    assert capped["abs_rel"] == pytest.approx(_abs_rel((10.0, 1.875, 60 / 59)), rel=1e-12)
+    assert capped["rmse"] == pytest.approx(math.sqrt((0.125 ** 2 + (1 / 59) ** 2) / 3), rel=1e-12)
+    assert capped["d1"] == 1.0
+    loose = depth_metrics(CAP_PRED, CAP_GT, valid, relative=True, max_depth=20.0)
+    assert loose["abs_rel"] == pytest.approx(_abs_rel((12.0, 1.875, 60 / 59)), rel=1e-12)
+    # no cap given: the image's own deepest valid pixel (10 m) is the cap
+    assert depth_metrics(CAP_PRED, CAP_GT, valid, relative=True) == pytest.approx(capped, rel=1e-12)
+
+
+def test_relative_depth_is_capped_not_blown_up_by_near_zero_disparity():
+    from trainer.metrics import align_relative
+
+    gt = torch.rand(20, 20, dtype=torch.float64) * 4 + 0.7  # a 0.7..4.7 m room
+    pred = torch.randn(20, 20, dtype=torch.float64)  # an untrained model: aligned disparity crosses zero
+    valid = torch.ones_like(gt, dtype=torch.bool)
+    for cap, deepest in ((10.0, 10.0), (None, float(gt.max()))):  # no cap given: the image's deepest pixel
+        m = depth_metrics(pred, gt, valid, relative=True, max_depth=cap)
+        assert m["rmse"] < deepest and m["abs_rel"] < deepest / 0.7  # in metres, bounded by the cap
+        assert float(align_relative(pred, gt, valid, max_depth=cap).max()) <= deepest + 1e-9

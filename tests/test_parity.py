@@ -171,3 +171,237 @@ def test_released_files_round_trip_with_the_original(vits_pair, tmp_path):
 def test_parameter_count_equals_the_original(vits_pair):
     original, ours = vits_pair
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in original.parameters()) == 24_785_089
+
+
+# --------------------------------------------------------------------------------------------------------------
+# `automl inference` end to end vs the original `infer_image`, on a non-square photo (PyTorch and ONNX Runtime)
+# --------------------------------------------------------------------------------------------------------------
+
+PHOTO_HW = (480, 640)
+END_TO_END_TOL = 1e-3  # max |ours - original| / (max - min of the original's output)
+MAX_DEPTH = 20.0
+
+
+class _SigmoidTimes(torch.nn.Module):
+    """The original metric_depth head ends in Sigmoid and its forward multiplies by max_depth; in the relative
+    class the final ReLU sits at output_conv2[3] and forward applies another ReLU (a no-op on positive values)."""
+
+    def __init__(self, max_depth: float):
+        super().__init__()
+        self.max_depth = max_depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x) * self.max_depth
+
+
+def photo_like(hw: tuple[int, int] = PHOTO_HW, seed: int = 0):
+    """uint8 RGB [H, W, 3]: smooth colour gradients, sharp-edged discs and sensor-like noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    h, w = hw
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([0.5 + 0.4 * np.sin(x / 37) * np.cos(y / 53), y / h, 1 - x / w], axis=-1)
+    for _ in range(12):
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(20, 90)
+        img[(x - cx) ** 2 + (y - cy) ** 2 < r * r] = rng.uniform(0, 1, 3)
+    img += rng.normal(0, 0.03, img.shape)
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("photo")
+    Image.fromarray(photo_like()).save(folder / "street.jpg", quality=90)  # JPEG: decoding is part of the path
+    return folder / "street.jpg"
+
+
+def _original_model(metric: bool) -> torch.nn.Module:
+    torch.manual_seed(0)
+    original = orig_dpt.DepthAnythingV2(**VITS).eval()
+    _randomise(original)
+    if metric:  # logits of order 1 so that the sigmoid is not saturated; then the metric head
+        with torch.no_grad():
+            original.depth_head.scratch.output_conv2[2].weight.mul_(0.02)
+            original.depth_head.scratch.output_conv2[2].bias.zero_()
+        original.depth_head.scratch.output_conv2[3] = _SigmoidTimes(MAX_DEPTH)
+    return original
+
+
+def _inference_spec(tmp, photo, metric: bool, name: str, **section):
+    from trainer.config import build_spec
+
+    tree = {"results_dir": str(tmp / "results"),
+            "model": {"model_type": "MetricDepthAnything" if metric else "RelativeDepthAnything", "encoder": "vits"},
+            "dataset": {"infer_dataset": {"data_root": str(photo.parent), "batch_size": 1, "workers": 0,
+                                          "pin_memory": False}},
+            "inference": {"results_dir": str(tmp / name), **section},
+            "export": {"onnx_file": str(tmp / "model.onnx"), "on_cpu": True, **section}}
+    if metric:
+        tree["dataset"]["max_depth"] = MAX_DEPTH
+    return build_spec(tree, check_files=False, notice=lambda _m: None)
+
+
+def end_to_end_differences(tmp, photo, metric: bool) -> dict[str, float]:
+    """max |ours - original infer_image| / output range of `automl inference` with a released-layout checkpoint
+    (PyTorch) and with its default ONNX export (ONNX Runtime)."""
+    import cv2
+    import numpy as np
+
+    from trainer.export import export_onnx
+    from trainer.infer import inference
+
+    original = _original_model(metric)
+    released = tmp / f"depth_anything_v2_{'metric_hypersim_' if metric else ''}vits.pth"
+    torch.save(original.state_dict(), released)
+    with torch.no_grad():
+        expected = original.infer_image(cv2.imread(str(photo)))
+    span = float(expected.max() - expected.min())
+    assert expected.shape == PHOTO_HW and span > 0
+
+    out = {}
+    spec = _inference_spec(tmp, photo, metric, "pytorch", checkpoint=str(released))
+    export = _inference_spec(tmp, photo, metric, "export", checkpoint=str(released))
+    runs = {"pytorch": lambda: inference(spec, progress=False)}
+    runs["onnx"] = lambda: (export_onnx(export, notice=lambda _m: None, progress=False), inference(
+        _inference_spec(tmp, photo, metric, "onnx", onnx_file=str(tmp / "model.onnx")), progress=False))[1]
+    for name, run in runs.items():
+        got = np.load(run()["images"][0]["raw"])
+        assert got.shape == expected.shape
+        out[name] = float(np.abs(got - expected).max()) / span
+    kind = "metric" if metric else "relative"
+    print(f"\n{kind} vits {PHOTO_HW[0]}x{PHOTO_HW[1]}: max|ours - original| / range: "
+          + ", ".join(f"{k} {v:.3g}" for k, v in out.items()) + f" (range {span:.4g})")
+    return out
+
+
+@pytest.mark.parametrize("metric", [False, True], ids=["relative", "metric"])
+def test_inference_on_a_non_square_photo_matches_the_original_infer_image(photo, tmp_path, metric):
+    diffs = end_to_end_differences(tmp_path, photo, metric)
+    assert diffs["pytorch"] <= END_TO_END_TOL
+    assert diffs["onnx"] <= END_TO_END_TOL
+
+
+# --------------------------------------------------------------------------------------------------------------
+# `automl evaluate` vs metrics computed from the original model's outputs with the original formulas
+# --------------------------------------------------------------------------------------------------------------
+
+EVAL_SIZE = 266  # network short side (crop_size) for speed; the original's infer_image takes it as input_size
+
+
+def _original_eval_depth(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """The formulas of the original metric_depth/util/metric.py `eval_depth`, on valid pixels (1-D tensors)."""
+    thresh = torch.max(target / pred, pred / target)
+    diff, diff_log = pred - target, torch.log(pred) - torch.log(target)
+    return {"d1": (thresh < 1.25).float().mean().item(), "d2": (thresh < 1.25 ** 2).float().mean().item(),
+            "d3": (thresh < 1.25 ** 3).float().mean().item(), "abs_rel": (diff.abs() / target).mean().item(),
+            "sq_rel": (diff ** 2 / target).mean().item(), "rmse": diff.pow(2).mean().sqrt().item(),
+            "rmse_log": diff_log.pow(2).mean().sqrt().item(),
+            "log10": (torch.log10(pred) - torch.log10(target)).abs().mean().item(),
+            "silog": (diff_log.pow(2).mean() - 0.5 * diff_log.mean() ** 2).sqrt().item()}
+
+
+def _midas_align(pred, depth, cap: float):
+    """MiDaS' relative evaluation, written out with NumPy: least squares in disparity, disparity cap, inverse."""
+    import numpy as np
+
+    a = np.stack([pred, np.ones_like(pred)], axis=1)
+    (s, t), *_ = np.linalg.lstsq(a, 1.0 / depth, rcond=None)
+    return 1.0 / np.maximum(s * pred + t, 1.0 / cap)
+
+
+def reference_metrics(original: torch.nn.Module, data_file, relative: bool) -> dict[str, float]:
+    """NYU frames listed in `data_file`: the original's pre-processing, network and align_corners=True resize-back,
+    NYU's valid range (1e-3..10 m) and Eigen crop, the MiDaS alignment (relative), the original formulas; averaged
+    over images."""
+    import cv2
+    import numpy as np
+    import torch.nn.functional as F
+
+    from trainer.data.datasets import eigen_crop_mask
+
+    sums: dict[str, float] = {}
+    lines = [ln.split() for ln in data_file.read_text().splitlines() if ln.strip()]
+    for image, depth_file in lines:
+        raw = cv2.imread(str(data_file.parent / image))
+        depth = cv2.imread(str(data_file.parent / depth_file), cv2.IMREAD_UNCHANGED).astype(np.float64) / 1000.0
+        with torch.no_grad():
+            x, (h, w) = original.image2tensor(raw, EVAL_SIZE)
+            pred = F.interpolate(original(x)[:, None], (h, w), mode="bilinear", align_corners=True)[0, 0].numpy()
+        valid = (depth >= 1e-3) & (depth <= 10.0) & eigen_crop_mask(depth.shape)
+        p, g = pred[valid].astype(np.float64), depth[valid]
+        if relative:
+            p = _midas_align(p, g, cap=10.0)
+        for k, v in _original_eval_depth(torch.from_numpy(p).float(), torch.from_numpy(g).float()).items():
+            sums[k] = sums.get(k, 0.0) + v
+    return {k: v / len(lines) for k, v in sums.items()}
+
+
+@pytest.fixture(scope="module")
+def nyu_frames(tmp_path_factory):
+    from trainer.data.synth import generate_dataset
+
+    return generate_dataset(tmp_path_factory.mktemp("nyu"), 3, size=(120, 160), layout="nyu", progress=False).train_file
+
+
+@pytest.mark.parametrize("metric", [False, True], ids=["relative", "metric"])
+def test_evaluate_matches_the_original_outputs_and_formulas(nyu_frames, tmp_path, metric):
+    from trainer.config import build_spec
+    from trainer.evaluate import evaluate
+
+    original = _original_model(metric)
+    released = tmp_path / "depth_anything_v2_vits.pth"
+    torch.save(original.state_dict(), released)
+    tree = {"results_dir": str(tmp_path / "results"),
+            "model": {"model_type": "MetricDepthAnything" if metric else "RelativeDepthAnything", "encoder": "vits"},
+            "dataset": {"test_dataset": {"data_sources": [{"data_file": str(nyu_frames), "dataset_name": "NYUDV2"}],
+                                         "batch_size": 2, "workers": 0, "pin_memory": False,
+                                         "augmentation": {"crop_size": [EVAL_SIZE, EVAL_SIZE]}}},
+            "evaluate": {"checkpoint": str(released), "results_dir": str(tmp_path / "eval")}}
+    if metric:
+        tree["dataset"].update(min_depth=1e-3, max_depth=MAX_DEPTH)
+    got = evaluate(build_spec(tree, check_files=False, notice=lambda _m: None), progress=False)
+    expected = reference_metrics(original, nyu_frames, relative=not metric)
+    print(f"\n{'metric' if metric else 'relative'}: ours {got['metrics']}\noriginal {expected}")
+    assert got["num_images"] == 3
+    for k, v in expected.items():
+        assert got["metrics"][k] == pytest.approx(v, rel=1e-3, abs=1e-5), k
+
+
+@pytest.mark.parametrize("hw", [(518, 518), (480, 640), (640, 480), (375, 1242), (97, 131), (1080, 1920)],
+                         ids=lambda hw: f"{hw[0]}x{hw[1]}")
+def test_network_input_equals_the_original_image2tensor(vits_pair, hw):
+    """Square, landscape, portrait, KITTI-like, tiny (upscaled) and full-HD (downscaled) images: same network input
+    size and values as the original's pre-processing."""
+    import cv2
+
+    from trainer.data import EvalTransform
+
+    rgb = photo_like(hw, seed=hw[0])
+    expected, (h, w) = vits_pair[0].image2tensor(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), 518)
+    got = EvalTransform(short_side=518)(rgb)
+    assert (h, w) == hw and got.shape == expected.shape[1:]
+    torch.testing.assert_close(got, expected[0].float().cpu(), rtol=0, atol=1e-6)
+
+
+def test_relative_scores_are_the_same_through_disparity_and_depth_datasets(nyu_frames, tmp_path):
+    """NYUDV2Relative carries disparity targets, NYUDV2 metres: `automl evaluate` of a relative model inverts the
+    former and caps both at NYU's 10 m, so the same frames give the same metres-based metrics either way."""
+    from trainer.config import build_spec
+    from trainer.evaluate import evaluate
+
+    released = tmp_path / "depth_anything_v2_vits.pth"
+    torch.save(_original_model(False).state_dict(), released)
+    results = {}
+    for name in ("NYUDV2", "NYUDV2Relative"):
+        tree = {"results_dir": str(tmp_path / "results"),
+                "model": {"model_type": "RelativeDepthAnything", "encoder": "vits"},
+                "dataset": {"test_dataset": {"data_sources": [{"data_file": str(nyu_frames), "dataset_name": name}],
+                                             "batch_size": 3, "workers": 0, "pin_memory": False,
+                                             "augmentation": {"crop_size": [EVAL_SIZE, EVAL_SIZE]}}},
+                "evaluate": {"checkpoint": str(released), "results_dir": str(tmp_path / name)}}
+        results[name] = evaluate(build_spec(tree, check_files=False, notice=lambda _m: None), progress=False)["metrics"]
+    assert results["NYUDV2Relative"] == pytest.approx(results["NYUDV2"], rel=1e-5)
+    assert results["NYUDV2"]["rmse"] < 10.0  # metres, not inverse metres or uncapped depths

@@ -93,6 +93,7 @@ class EngineBuildError(UserError):
 # --------------------------------------------------------------------------------------------------------------
 
 Shape = tuple[int, int, int, int]
+KEEP_ASPECT_RANGE = 2  # default profile of dynamic-size files: short side s .. KEEP_ASPECT_RANGE * s on H and W
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,15 @@ def _given(value: Any) -> Optional[int]:
     return None if value is None or int(value) == -1 else int(value)
 
 
+def _short_side(meta: Mapping[str, Any]) -> int:
+    """The evaluation short side of an ONNX file: its training crop's (the pre-processing evaluate/inference use
+    with it), else the export size's."""
+    crop = ((meta.get("preprocessing") or {}).get("augmentation") or {}).get("crop_size")
+    if crop:
+        return int(min(crop))
+    return min(int(meta["input_height"]), int(meta["input_width"]))
+
+
 def engine_profile(gen: Any, meta: Mapping[str, Any]) -> ShapeProfile:
     """The optimization profile from the `gen_trt_engine` section and the ONNX sidecar `meta`.
 
@@ -135,7 +145,9 @@ def engine_profile(gen: Any, meta: Mapping[str, Any]) -> ShapeProfile:
     it); a dynamic one takes `tensorrt.min/opt/max_batch_size`, or `gen_trt_engine.batch_size` (>= 1) for a
     fixed-batch engine. Height/width: a fixed-size ONNX file gives its size (`tensorrt.height/width`, when set,
     must equal it); a dynamic one takes `tensorrt.height/width` (default: the export size) as opt and
-    `tensorrt.min_/max_height/width` (default: opt) as the range. Raises `SpecError` naming the key.
+    `tensorrt.min_/max_height/width` as the range, by default the sizes the keep-aspect pre-processing produces
+    for aspect ratios up to 2:1: from `s` to `2 * s` on both sides, `s` = the training crop's short side recorded in
+    the sidecar, else the export size's (518 -> 518..1036; widened to include opt). Raises `SpecError` naming the key.
     """
     t = gen.tensorrt
     problems: list[SpecProblem] = []
@@ -182,8 +194,9 @@ def engine_profile(gen: Any, meta: Mapping[str, Any]) -> ShapeProfile:
             ranges[side] = (size[side],) * 3
             continue
         opt = size[side] if opt is None else opt
-        lo = opt if lo is None else lo
-        hi = opt if hi is None else hi
+        short = _short_side(meta)  # keep-aspect inputs: one side is the short side, the other longer
+        lo = min(short, opt) if lo is None else lo
+        hi = max(KEEP_ASPECT_RANGE * short, opt) if hi is None else hi
         for key, value in ((side, opt), (f"min_{side}", lo), (f"max_{side}", hi)):
             if value <= 0 or value % PATCH:
                 problems.append(SpecProblem(f"gen_trt_engine.tensorrt.{key}",
@@ -597,5 +610,6 @@ class TensorRTPredictor:
         return pred, used
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        check_hw(images.shape, self.profile.min[2:], self.profile.max[2:], self.source)
+        check_hw(images.shape, self.profile.min[2:], self.profile.max[2:], self.source,
+                 hint="or build the engine with a wider gen_trt_engine.tensorrt.min_/max_height/width range")
         return run_batched(self.runner, images, min_batch=self.profile.min[0], max_batch=self.profile.max[0])

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -19,7 +20,11 @@ METRIC_ORDER = ("d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log1
 
 
 def evaluate_loader(predictor: Predictor, loader: Any, *, relative: bool, progress: bool = True) -> dict[str, float]:
-    """Run `predictor` over an evaluation loader; metrics per image at ground-truth size, averaged over images."""
+    """Run `predictor` over an evaluation loader; metrics per image at ground-truth size, averaged over images.
+
+    Predictions are resized to the ground truth with `resize_prediction` (bilinear, align_corners=True). Metric
+    models are scored as they are; relative models by the capped scale-and-shift protocol of
+    `trainer.metrics.align_relative`, with the depth cap of the item's data source (`source_info`)."""
     from tqdm import tqdm
 
     acc = MetricAccumulator()
@@ -28,10 +33,28 @@ def evaluate_loader(predictor: Predictor, loader: Any, *, relative: bool, progre
         depths, valids = batch["depth"], batch["valid"]
         if isinstance(depths, torch.Tensor):
             depths, valids = list(depths), list(valids)
+        indices = batch.get("index")
         for i, (gt, valid) in enumerate(zip(depths, valids)):
             p = resize_prediction(pred[i], tuple(gt.shape[-2:]))
-            acc.update(p, as_depth(gt, valid, relative), valid, relative=relative)
+            if not relative:
+                acc.update(p, gt, valid)
+                continue
+            index = int(indices[i]) if indices is not None else None
+            disparity, cap = source_info(loader.dataset, index)
+            acc.update(p, as_depth(gt, valid, True) if disparity else gt, valid, relative=True, max_depth=cap)
     return acc.compute()
+
+
+def source_info(dataset: Any, index: Optional[int]) -> tuple[bool, Optional[float]]:
+    """(ground truth is disparity, depth cap in the ground truth's depth units or None) for item `index` of an
+    evaluation dataset: relative datasets (`RelativeMonoDataset`, `NYUDV2Relative`) carry disparity, metric
+    ones metres; the cap is the source's `max_depth` (NYU: 10 m; the spec's `dataset.max_depth` for
+    `MetricMonoDataset`), None when unknown (then `align_relative` caps at the image's deepest valid pixel)."""
+    parts = list(getattr(dataset, "datasets", None) or [dataset])
+    part = parts[0]
+    if index is not None and len(parts) > 1:
+        part = parts[min(bisect.bisect_right(dataset.cumulative_sizes, index), len(parts) - 1)]
+    return bool(getattr(part, "relative", True)), getattr(part, "max_depth", None)
 
 
 def format_table(metrics: Mapping[str, float]) -> str:

@@ -5,9 +5,9 @@
 
 - graph: input `image` float32 [B, 3, H, W] (RGB normalised with the training mean/std), output `depth` float32
   [B, H, W] (metres for MetricDepthAnything, relative disparity for RelativeDepthAnything); batch dynamic
-  (`export.batch_size: -1`) or fixed; height/width fixed at `export.input_height/width` or dynamic
-  (`export.dynamic_hw: true`, multiples of 14); opset >= 17 so that LayerNorm stays one `LayerNormalization` op;
-  every resize takes explicit sizes (the model never uses float scale factors);
+  (`export.batch_size: -1`) or fixed; height/width dynamic (`export.dynamic_hw: true`, the default: multiples of
+  14, so that images keep their aspect ratio) or fixed at `export.input_height/width`; opset >= 17 so that
+  LayerNorm stays one `LayerNormalization` op; every resize takes explicit sizes (no float scale factors);
 - the depth range baked into a metric model comes from the checkpoint's own training spec; an export spec that
   contradicts it (dataset.max_depth, model.model_type, model.encoder) is an error naming both values;
 - validation: `onnx.checker`, the graph checks above, and ONNX Runtime against PyTorch (fp32, CPU) on the same
@@ -639,8 +639,8 @@ def deployed_spec(spec: DictConfig, meta: Mapping[str, Any], source: str, *,
     training's pre-processing (normalisation, crop size) when the spec's split keeps the default augmentation, as
     for checkpoints (`trainer.runtime.checkpoint_spec`). When the file only
     takes one height/width (`fixed_size`), `evaluate.input_height/width` and `inference.input_height/width` are set
-    to it, so that the evaluation transform resizes to exactly that size; a different size set in the spec is an
-    error naming both.
+    to it, so that the evaluation transform resizes to exactly that size (a notice says the aspect ratio is then
+    lost); a different size set in the spec is an error naming both.
     """
     from trainer.config import build_spec, default_spec, to_plain
 
@@ -667,6 +667,9 @@ def deployed_spec(spec: DictConfig, meta: Mapping[str, Any], source: str, *,
             plain["dataset"]["min_depth"] = model["min_depth"]
     if fixed_size is not None:
         h, w = int(fixed_size[0]), int(fixed_size[1])
+        notice(f"{source} takes only {h}x{w} inputs: every image is resized to exactly that size, without keeping "
+               f"its aspect ratio (non-square images then differ from the original model's prediction); the "
+               f"default export (export.dynamic_hw=true) keeps it")
         for section in ("evaluate", "inference"):
             for key, value in (("input_height", h), ("input_width", w)):
                 asked = plain[section].get(key)
@@ -694,12 +697,13 @@ def run_batched(run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tenso
     return torch.cat(outputs)
 
 
-def check_hw(shape: Sequence[int], low: Sequence[int], high: Sequence[int], source: str) -> None:
+def check_hw(shape: Sequence[int], low: Sequence[int], high: Sequence[int], source: str, hint: str = "") -> None:
     """Raise `UserError` when an input's height/width lie outside what the exported file accepts."""
     h, w = int(shape[-2]), int(shape[-1])
     if not (low[0] <= h <= high[0] and low[1] <= w <= high[1]):
         raise UserError(f"input {h}x{w} is outside what {source} accepts ({low[0]}x{low[1]} .. {high[0]}x{high[1]}); "
-                        f"set evaluate/inference.input_height and input_width inside that range")
+                        f"set evaluate/inference.input_height and input_width inside that range"
+                        + (f", {hint}" if hint else ""))
 
 
 @dataclass

@@ -6,10 +6,16 @@ Formulas (Depth Anything V2's metric_depth evaluation), with `pred` and `gt` in 
 `rmse_log = sqrt(mean((log pred - log gt)^2))`; `log10 = mean(|log10 pred - log10 gt|)`;
 `silog = sqrt(mean(d^2) - 0.5 * mean(d)^2)` with `d = log pred - log gt` (no 100x factor, as in the reference).
 
-Predictions are resized bilinearly to the ground-truth size first (`resize_to`), and clamped to `>= MIN_DEPTH` so the
-log metrics stay finite. Relative models are scored after per-image least-squares scale-and-shift alignment in
-disparity space (prediction vs 1 / gt), the aligned disparity clamped to a small positive minimum and inverted to
-depth. Images with fewer than `min_valid_pixels` (10) valid pixels are skipped. Arithmetic in float64.
+Predictions are resized to the ground-truth size first (`resize_to`: bilinear, align_corners=True, as the
+original evaluation; `trainer.runtime.resize_prediction` is the same operation), and clamped to `>= MIN_DEPTH`
+so the log metrics stay finite. Images with fewer than `min_valid_pixels` (10) valid pixels are skipped.
+Arithmetic in float64.
+
+Relative models (MiDaS / Depth Anything / Marigold protocol, `align_relative`): over the valid pixels `V`,
+`(s, t) = argmin sum_V (s * pred + t - 1 / gt)^2` (least squares in disparity space; `gt` is depth), the aligned
+disparity `a = s * pred + t` is capped at `a >= 1 / max_depth` (so no aligned depth exceeds the dataset's depth
+cap: 10 m for NYU; without a known cap, the image's largest valid ground-truth depth), and `pred_depth = 1 / a`
+is scored with the formulas above, in the ground truth's units.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ __all__ = ["METRIC_NAMES", "MetricAccumulator", "align_relative", "depth_metrics
 METRIC_NAMES = ("d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog")
 MIN_VALID_PIXELS = 10
 MIN_DEPTH = 1e-6  # metres; predictions are clamped to this before scoring
-MIN_DISPARITY = 1e-6  # floor of aligned disparities when no max_depth is given
+MIN_DISPARITY = 1e-6  # lowest disparity cap whatever the depth range (keeps 1 / disparity finite)
 
 
 def resize_to(pred: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -49,13 +55,18 @@ def align_relative(
     max_depth: Optional[float] = None,
 ) -> torch.Tensor:
     """Depth from a relative (disparity-like) prediction: least-squares `s * pred + t ~ 1 / gt` over the valid
-    pixels (or `~ gt` when gt already is disparity), clamped to `>= 1 / max_depth` (when given, MiDaS' disparity
-    cap) or `MIN_DISPARITY`, then inverted. Shapes [H, W]."""
-    target = gt if gt_is_disparity else 1.0 / torch.where(valid, gt, torch.ones_like(gt))
+    pixels (or `~ gt` when gt already is disparity), the aligned disparity capped at `>= 1 / max_depth` (MiDaS'
+    disparity cap; `max_depth` None: the largest valid ground-truth depth of this image), then inverted.
+    Shapes [H, W]; returns depth [H, W] in the ground truth's units."""
+    safe = torch.where(valid, gt, torch.ones_like(gt))
+    target = safe if gt_is_disparity else 1.0 / safe
     scale, shift = align_scale_shift(pred[None], target[None], valid[None])
     disparity = scale[0] * pred + shift[0]
-    floor = 1.0 / max_depth if max_depth else MIN_DISPARITY
-    return 1.0 / disparity.clamp_min(floor)
+    if max_depth:
+        floor = 1.0 / float(max_depth)
+    else:  # the image's own depth range: its nearest-to-zero valid disparity
+        floor = float(target[valid].min()) if bool(valid.any()) else MIN_DISPARITY
+    return 1.0 / disparity.clamp_min(max(floor, MIN_DISPARITY))
 
 
 def depth_metrics(
@@ -77,7 +88,8 @@ def depth_metrics(
         valid: [H, W] bool; pixels with non-finite or non-positive gt are dropped as well. Non-finite
             predictions are not hidden: they make the metrics non-finite.
         relative: align the prediction by scale and shift in disparity space before scoring.
-        max_depth: for relative models, the depth cap of the alignment (aligned disparity >= 1 / max_depth).
+        max_depth: for relative models, the depth cap of the alignment (aligned disparity >= 1 / max_depth);
+            None: the image's largest valid ground-truth depth.
     """
     if pred.dim() == 3 and pred.shape[0] == 1:
         pred = pred[0]
@@ -143,9 +155,11 @@ class MetricAccumulator:
         self.skipped = 0
 
     def update(self, pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, *,
-               relative: Optional[bool] = None) -> int:
-        """Score a batch; returns the number of images scored (not skipped)."""
+               relative: Optional[bool] = None, max_depth: Optional[float] = None) -> int:
+        """Score a batch; returns the number of images scored (not skipped). `relative` and `max_depth` (the
+        relative depth cap) given here override the accumulator's for this batch."""
         relative = self.relative if relative is None else relative
+        max_depth = self.max_depth if max_depth is None else max_depth
         if pred.dim() == 4 and pred.shape[1] == 1:
             pred = pred[:, 0]
         if gt.dim() == 2:
@@ -156,7 +170,7 @@ class MetricAccumulator:
         scored = 0
         for i in range(gt.shape[0]):
             m = depth_metrics(pred[i], gt[i], valid[i], relative, gt_is_disparity=self.gt_is_disparity,
-                              max_depth=self.max_depth, min_valid_pixels=self.min_valid_pixels)
+                              max_depth=max_depth, min_valid_pixels=self.min_valid_pixels)
             if m is None:
                 self.skipped += 1
                 continue

@@ -1,8 +1,9 @@
 """Running a trained model for evaluation and inference: one implementation of the pre- and post-processing,
 several backends (PyTorch here; ONNX Runtime and TensorRT share the same interface).
 
-Pre-processing is the evaluation transform of `trainer.data` (resize keeping the aspect ratio to multiples of 14,
-normalise); post-processing resizes the prediction bilinearly to the ground-truth / original image size.
+Pre-processing is the evaluation transform of `trainer.data` (the original Depth Anything V2 `infer_image` steps:
+cv2 INTER_CUBIC on the [0, 1] float image, keep-aspect lower-bound resize to multiples of 14, normalise);
+post-processing resizes the prediction bilinearly (align_corners=True) to the ground-truth / original image size.
 """
 
 from __future__ import annotations
@@ -144,12 +145,13 @@ def predict_images(predictor: Predictor, images: Any) -> list[torch.Tensor]:
 
 
 def resize_prediction(pred: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[H,W] or [B,H,W] -> same at `size`, bilinear; how predictions meet ground truth or original images."""
+    """[H,W] or [B,H,W] -> same at `size`, bilinear with align_corners=True (as the original `infer_image` and
+    metric_depth evaluation); how predictions meet ground truth or original images, for every backend."""
     squeeze = pred.dim() == 2
     p = pred[None] if squeeze else pred
     if tuple(p.shape[-2:]) != tuple(size):
         p = F.interpolate(p[:, None].float(), size=tuple(int(s) for s in size), mode="bilinear",
-                          align_corners=False)[:, 0]
+                          align_corners=True)[:, 0]
     return p[0] if squeeze else p
 
 

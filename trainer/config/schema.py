@@ -279,7 +279,7 @@ class ExportConfig:
     opset_version: int = 17
     batch_size: int = -1  # -1: dynamic batch
     verbose: bool = False
-    dynamic_hw: bool = False  # (ours) dynamic height/width axes
+    dynamic_hw: bool = True  # (ours) dynamic height/width axes (keep-aspect inputs); false: fixed input_height/width
     overwrite: bool = False  # (ours) replace an existing onnx_file
     format: str = "onnx"  # TAO; only onnx
 

@@ -1,7 +1,9 @@
 """Geometric and photometric transforms for RGB-D training and evaluation.
 
 All randomness comes from a `numpy.random.Generator` passed in, so a transform is a pure function of its inputs
-and that generator (same seed -> same output). RGB is resized bicubically; depth and its validity mask are resized
+and that generator (same seed -> same output). Training resizes RGB bicubically (Pillow on uint8); evaluation and
+inference use the original's pre-processing exactly (cv2 `INTER_CUBIC` on the [0, 1] float image,
+`preprocess_image`). Depth and its validity mask are resized
 with nearest-neighbour sampling only, so a depth value is never interpolated across an invalid pixel or an object
 boundary. Colour jitter touches RGB only.
 """
@@ -54,11 +56,13 @@ def cover_size(hw: tuple[int, int], crop: tuple[int, int], scale: float = 1.0) -
 
 def eval_input_size(hw: tuple[int, int], short_side: int, height: Optional[int] = None,
                     width: Optional[int] = None) -> tuple[int, int]:
-    """Network input size for evaluation/inference.
+    """Network input size (height, width) for evaluation/inference.
 
-    Both `height` and `width` given: exactly that. One given: that side, the other keeps the aspect ratio.
-    Neither: the short side becomes `short_side`, the long side keeps the aspect ratio. Free sides are rounded to
-    the nearest multiple of 14 (at least 14).
+    Both `height` and `width` given: exactly that. One given: that side, the other keeps the aspect ratio (nearest
+    multiple of 14). Neither: the original Depth Anything V2 rule (`Resize(short_side, short_side,
+    keep_aspect_ratio=True, ensure_multiple_of=14, resize_method="lower_bound")`): one scale factor
+    `f = max(short_side / H, short_side / W)`, each side `round(f * side / 14) * 14` (NumPy's half-to-even
+    rounding), raised to the next multiple of 14 when that falls below `short_side`.
     """
     H, W = hw
     if height and width:
@@ -67,9 +71,13 @@ def eval_input_size(hw: tuple[int, int], short_side: int, height: Optional[int] 
         return int(height), _round14(W * height / H)
     if width:
         return _round14(H * width / W), int(width)
-    if H <= W:
-        return _round14(short_side), _round14(W * short_side / H)
-    return _round14(H * short_side / W), _round14(short_side)
+    f = max(short_side / H, short_side / W)
+    return _lower_bound14(f * H, short_side), _lower_bound14(f * W, short_side)
+
+
+def _lower_bound14(x: float, low: int) -> int:
+    y = int(np.round(x / PATCH) * PATCH)
+    return int(np.ceil(x / PATCH) * PATCH) if y < low else y
 
 
 def _round14(x: float) -> int:
@@ -191,8 +199,10 @@ class TrainTransform:
 
 @dataclass(frozen=True)
 class EvalTransform:
-    """Keep-aspect bicubic resize to multiples of 14 (short side `short_side`), or exactly `height` x `width`
-    when given, then normalisation. Ground truth is not touched: predictions are resized to it instead."""
+    """The original Depth Anything V2 evaluation/inference pre-processing (`preprocess_image`): keep-aspect
+    resize with lower bound `short_side` to multiples of 14 (`eval_input_size`), or exactly `height` x `width`
+    when given, cv2 bicubic on the [0, 1] float image, then normalisation. Ground truth is not touched:
+    predictions are resized to it instead (bilinear, align_corners=True: `trainer.runtime.resize_prediction`)."""
 
     short_side: int
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -217,5 +227,21 @@ class EvalTransform:
         return eval_input_size(hw, self.short_side, self.height, self.width)
 
     def __call__(self, rgb: np.ndarray) -> torch.Tensor:
-        return normalize(resize_rgb(rgb, self.input_size(rgb.shape[:2])), self.mean, self.std)
+        return preprocess_image(rgb, self.input_size(rgb.shape[:2]), self.mean, self.std)
+
+
+def preprocess_image(rgb: np.ndarray, size: tuple[int, int], mean: Sequence[float],
+                     std: Sequence[float]) -> torch.Tensor:
+    """The original `infer_image` pre-processing: uint8 RGB `[H, W, 3]` -> `rgb / 255` as float64 -> cv2
+    `INTER_CUBIC` resize to `size` = (height, width) (no antialiasing; skipped at the same size) ->
+    `(x - mean) / std` -> float32 `[3, h, w]`. Shared by the PyTorch, ONNX Runtime and TensorRT paths (they all
+    read images through `EvalTransform`)."""
+    import cv2
+
+    h, w = int(size[0]), int(size[1])
+    x = np.require(rgb, np.uint8) / 255.0  # float64 like the original (cv2's float32 cubic is ~1e-4 off)
+    if x.shape[:2] != (h, w):
+        x = cv2.resize(x, (w, h), interpolation=cv2.INTER_CUBIC)
+    x = (x - np.asarray(mean, np.float64)) / np.asarray(std, np.float64)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32))
 
