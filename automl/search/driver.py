@@ -36,7 +36,7 @@ from automl.search.space import SearchSpace, load_search_space
 from automl.search.tracking import ParentRun, bound_http_retries, check_tracking_reachable
 from automl.search.trial import TrialContext, run_trial
 from trainer.callbacks import StatusFile
-from trainer.errors import UserError
+from trainer.errors import UserError, first_line
 
 STATE_FILE = "search_state.json"
 EXPERIMENT = "search"
@@ -222,11 +222,12 @@ def collect_trials(grid: Any, space: SearchSpace, num_epochs: int, baseline: Map
         cfg = dict(res.config or {})
         params = {k: cfg[k] for k in cfg if k in space.names}
         trial_id = (res.metrics or {}).get("trial_id") or Path(res.path).name
+        unreadable = None
         try:
             df = res.metrics_dataframe
             history = df.to_dict("records") if df is not None else []
-        except Exception:  # noqa: BLE001
-            history = []
+        except (OSError, ValueError) as exc:  # a damaged progress.csv: say so, never guess "stopped"
+            history, unreadable = [], f"its metrics could not be read from {res.path}: {first_line(exc)}"
         last = res.metrics or {}
         # (in the dataframe, rows before a flagged one hold NaN under prune_reason: NaN is not a flag)
         scored = [h for h in history if not isinstance(h.get(PRUNE_KEY), str)]
@@ -237,6 +238,8 @@ def collect_trials(grid: Any, space: SearchSpace, num_epochs: int, baseline: Map
             best, best_epoch = None, None  # a diverged trial has no result to rank (its finished epochs count)
         elif last.get(FAIL_KEY):  # ended itself with a recorded reason (out of memory), not retried
             state, reason = "error", str(last.get(FAIL_KEY))
+        elif unreadable is not None:
+            state, reason = "error", unreadable
         elif res.error is not None:
             lines = [line for line in str(res.error).splitlines() if line.strip()]
             state, reason = "error", f"{type(res.error).__name__}: {(lines[-1].strip() if lines else '')[:300]}"
