@@ -293,7 +293,7 @@ _SPLIT_FOR_ACTION = {
 }
 
 _CANONICAL_DATASETS = {n.lower(): n for n in schema.MONO_DATASET_NAMES}
-RELATIVE_DATASETS = ("RelativeMonoDataset", "NYUDV2Relative")
+RELATIVE_DATASETS = ("RelativeMonoDataset", "NYUDV2Relative") + schema.TAO_RELATIVE_DATASET_NAMES
 METRIC_DATASETS = ("MetricMonoDataset", "NYUDV2")
 
 

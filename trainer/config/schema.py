@@ -473,7 +473,7 @@ UNUSED_KEYS: tuple[str, ...] = (
     "train.inference_tile", "train.tile_wtype", "train.tile_min_overlap",
     "inference.conf_threshold", "inference.save_raw_npy", "evaluate.native_padded", "export.valid_iters",
     "export.input_channel", "export.format", "export.verbose", "evaluate.num_gpus", "inference.num_gpus",
-    "train.checkpoint_interval_unit",
+    "train.checkpoint_interval_steps",
     "evaluate.num_nodes", "inference.num_nodes",
 )
 
