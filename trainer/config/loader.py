@@ -597,7 +597,7 @@ def _notice_unused(touched: list[str], notice: Notice, extra: Sequence[str] = ()
         norm = ".".join("*" if p.isdigit() else p for p in path.split("."))
         for pattern in list(schema.UNUSED_KEYS) + list(extra):
             if _matches(pattern, norm):
-                parts = pattern.split(".")
+                parts = norm.split(".")[:len(pattern.split("."))]
                 split = None
                 if len(parts) > 1 and parts[0] == "dataset" and parts[1] in _ALL_SPLITS:
                     split, parts[1] = parts[1], "*"
@@ -609,7 +609,8 @@ def _notice_unused(touched: list[str], notice: Notice, extra: Sequence[str] = ()
         if len(splits) == 1:
             key = key.replace("*", splits[0], 1)
         elif splits:
-            key = key.replace("*_dataset", "{" + ",".join(s.replace("_dataset", "") for s in splits) + "}_dataset", 1)
+            names = ",".join(s.replace("_dataset", "") for s in splits)
+            key = key.replace("dataset.*.", "dataset.{" + names + "}_dataset.", 1)
         notice(f"accepted, not used: {key}")
 
 
