@@ -517,12 +517,6 @@ def _check_deploy(spec: DictConfig, P: list[SpecProblem], bad: Bad, origin_of) -
                                        f"{trt.min_batch_size}, {trt.opt_batch_size}, {trt.max_batch_size}")
     if trt.workspace_size <= 0:
         bad("gen_trt_engine.tensorrt.workspace_size", f"found {trt.workspace_size}, expected MiB > 0")
-    for side in ("height", "width"):
-        lo, opt, hi = trt[f"min_{side}"], trt[side], trt[f"max_{side}"]
-        given = [v for v in (lo, opt, hi) if v not in (-1, None)]
-        if given != sorted(given):
-            bad(f"gen_trt_engine.tensorrt.{side}", f"expected min_{side} <= {side} (opt) <= max_{side}, found "
-                                                   f"{lo}, {opt}, {hi}")
 
 
 def _check_automl(spec: DictConfig, P: list[SpecProblem], bad: Bad, origin_of) -> None:
@@ -687,9 +681,8 @@ def _tao_before(tree: dict, action: Optional[str], notice: Notice, check_files: 
 
 def _tao_after(spec: DictConfig, notice: Notice) -> list[SpecProblem]:
     """TAO conventions on the typed spec: sizes rounded to multiples of 14, TAO's engine shape keys."""
-    problems = tao.map_engine_shapes(spec, notice)
     tao.round_sizes(spec, notice)
-    return problems + tao.check_interval_unit(spec, notice)
+    return tao.map_engine_shapes(spec, notice) + tao.check_interval_unit(spec, notice)
 
 
 def build_config(cls: type, raw: Optional[Mapping], overrides: Sequence[str] = (), *,

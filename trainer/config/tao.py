@@ -146,7 +146,8 @@ def _round_key(cfg: Any, key: str, path: str, notice: Notice, why: str = "") -> 
 
 
 def round_sizes(spec: DictConfig, notice: Notice) -> None:
-    """Round every network size of the spec to a multiple of 14, with a notice per changed value."""
+    """Round the network sizes TAO spells (crop sizes, input sizes, the engine's min/opt/max) to multiples of 14,
+    with a notice per changed value."""
     for split in SPLITS:
         crop = spec.dataset[split].augmentation.crop_size
         for i in range(len(crop)):
@@ -154,11 +155,8 @@ def round_sizes(spec: DictConfig, notice: Notice) -> None:
     for section in ("evaluate", "inference", "export"):
         for key in ("input_height", "input_width"):
             _round_key(spec[section], key, f"{section}.{key}", notice)
-    g = spec.gen_trt_engine
-    for key in ENGINE_SHAPE_KEYS:
-        _round_key(g, key, f"gen_trt_engine.{key}", notice)
-    for key in ("height", "width", "min_height", "max_height", "min_width", "max_width"):
-        _round_key(g.tensorrt, key, f"gen_trt_engine.tensorrt.{key}", notice)
+    for key in ENGINE_SHAPE_KEYS:  # TAO's; the tensorrt.* spellings (ours) are checked by trainer.engine
+        _round_key(spec.gen_trt_engine, key, f"gen_trt_engine.{key}", notice)
 
 
 def map_engine_shapes(spec: DictConfig, notice: Notice) -> list[SpecProblem]:
