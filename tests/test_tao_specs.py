@@ -261,3 +261,11 @@ def test_validate_reports_every_problem_at_once_and_exits_zero_when_it_would_run
     spec.write_text(yaml.safe_dump(tree))
     assert cli_main(["validate", "-e", str(spec), "--action", "export", "evaluate.batch_size=-1"]) == 0
     assert "valid for `export`" in capsys.readouterr().out
+
+
+def test_the_migration_guide_lists_every_key_of_taos_schema() -> None:
+    guide = (Path(__file__).parent.parent / "docs" / "migrating-from-tao.md").read_text()
+    splits = ("train_dataset", "val_dataset", "test_dataset", "infer_dataset")
+    keys = {".".join("*" if p in splits or p.isdigit() else p for p in k.split("."))
+            for k in list(TAO_KEYS) + list(TAO_ITEM_KEYS)}
+    assert [k for k in sorted(keys) if f"| `{k}` |" not in guide] == []
