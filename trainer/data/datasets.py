@@ -8,7 +8,7 @@ Every data source of a split is read by the class its `dataset_name` names (case
 | `RelativeMonoDataset` | depth (default) or disparity (`gt_type: disparity`) | disparity (1/depth)    |
 | `NYUDV2`              | NYU uint16 millimetre PNGs                  | metres, valid 1e-3..10 m, Eigen crop at evaluation |
 | `NYUDV2Relative`      | same                                        | disparity, Eigen crop at evaluation |
-| `NvCLIP`, `Middlebury`, `ThreeDVLM`, `FSD`, `IssacStereo`, `Crestereo` (TAO's relative classes) | disparity as stored (PFM/NPY/PNG), valid where 0 < value < 1000 as in TAO | disparity |
+| `NvCLIP`, `Middlebury`, `ThreeDVLM`, `FSD`, `IssacStereo`, `Crestereo` (TAO) | disparity, valid < 1000 | disparity |
 
 Items follow docs/internals.md: `image` float32 [3, H, W] (normalised, multiples of 14), `depth` float32 [h, w]
 (0 where invalid), `valid` bool [h, w], `path`, `index`, plus `skipped`: a list of `(reason, path)` for samples
