@@ -97,6 +97,22 @@ def _convert_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate_configure(p: argparse.ArgumentParser) -> None:
+    _add_spec_args(p, spec_required=True)
+    p.add_argument("--action", default="train", help="the action to check the spec for: train (default), "
+                                                      "evaluate, inference, export, gen_trt_engine")
+
+
+def _validate_run(args: argparse.Namespace) -> int:
+    from trainer.config.validate import validate
+
+    report = validate(args.spec, args.overrides, args.action)
+    for note in report.notices:
+        print(f"notice: {note}", file=sys.stderr)
+    print(report.text(args.spec), file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else EXIT_USER_ERROR
+
+
 def _off_configure(p: argparse.ArgumentParser) -> None:
     _add_spec_args(p)
     _add_tracking_arg(p)
@@ -265,6 +281,8 @@ ACTIONS: list[Action] = [
     Action("convert", "write annotation files (train/val or test) from an image + depth folder tree (TAO convert)",
            "automl convert -e experiments/depth_net_mono/convert.yaml data_root=/data/nyu split_ratio=0.8",
            _convert_configure, _convert_run),
+    Action("validate", "every problem of a spec and of the files its action reads, at once; exit 0 when it would run",
+           "automl validate -e spec.yaml --action evaluate", _validate_configure, _validate_run),
     Action("run", "hyperparameter search: Ray Tune + Optuna TPE + ASHA, NaN pruning, MLflow, the winner evaluated",
            "automl run --skill depth_net_mono                     # embedded demo search on synthetic scenes (CPU)\n"
            "automl run -e spec.yaml --num-trials 24 --gpus-per-trial 0.5 --scheduler asha\n"

@@ -108,7 +108,7 @@ def test_every_spec_mistake_is_reported_at_once(data, tmp_path, monkeypatch, cap
     must_not_train(monkeypatch)
     tree = tiny_spec_tree(data, tmp_path / "results", extra={
         "model": {"encoder": "vitt"},
-        "dataset": {"min_depth": 10.0, "max_depth": 0.5, "train_dataset": {"augmentation": {"crop_size": [56, 72]}}}})
+        "dataset": {"min_depth": 10.0, "max_depth": 0.5, "train_dataset": {"augmentation": {"crop_size": [0, 72]}}}})
     tree["dataset"]["val_dataset"]["data_sources"][0]["dataset_name"] = "NYUDV22"
     spec = write_yaml(tmp_path / "spec.yaml", tree)
     rc, err = run(["off", "-e", str(spec), "train.optim.lr=0"], capsys)
@@ -116,8 +116,8 @@ def test_every_spec_mistake_is_reported_at_once(data, tmp_path, monkeypatch, cap
     for key, found, expected in [
         ("model.encoder", "'vitt'", "expected one of: vits, vitb, vitl, vitg"),
         ("dataset.max_depth", "max_depth 0.5 <= min_depth 10.0", "expected max_depth > min_depth"),
-        ("dataset.train_dataset.augmentation.crop_size", "[56, 72]", "multiples of 14"),
-        ("dataset.val_dataset.augmentation.crop_size", "nearest valid: [56, 70]", "multiples of 14"),
+        ("dataset.train_dataset.augmentation.crop_size", "[0, 70]", "two positive integers"),
+        ("dataset.val_dataset.augmentation.crop_size", "[0, 70]", "two positive integers"),
         ("dataset.val_dataset.data_sources.0.dataset_name", "'NYUDV22'", "did you mean 'NYUDV2'"),
         ("train.optim.lr", "found 0.0", "expected a learning rate > 0"),
     ]:

@@ -155,7 +155,7 @@ def test_all_mistakes_reported_at_once_with_found_and_expected(tmp_path):
           max_depth: 1
           train_dataset:
             data_sources: [{data_file: missing.txt, dataset_name: NYUDV3}]
-            augmentation: {crop_size: [500, 518]}
+            augmentation: {crop_size: [0, 518]}
         train:
           num_epochs: ten
           optim: {lr: -1}
@@ -166,7 +166,7 @@ def test_all_mistakes_reported_at_once_with_found_and_expected(tmp_path):
     expected = [
         ("model.encoder", "'vitq'", "vits, vitb, vitl, vitg"),
         ("dataset.max_depth", "max_depth 1.0 <= min_depth 5.0", "expected max_depth > min_depth"),
-        ("dataset.train_dataset.augmentation.crop_size", "[500, 518]", "multiples of 14"),
+        ("dataset.train_dataset.augmentation.crop_size", "[0, 518]", "two positive integers"),
         ("dataset.train_dataset.data_sources.0.dataset_name", "'NYUDV3'", "did you mean 'NYUDV2'"),
         ("dataset.train_dataset.data_sources.0.data_file", "missing.txt", "not found"),
         ("train.num_epochs", "'ten'", "an integer"),

@@ -59,12 +59,14 @@ def test_ratio_zero_or_one_writes_one_test_file(nyu_tree: Path, tmp_path: Path, 
     assert res.counts == {"test": 20} and not (tmp_path / "train.txt").exists()
 
 
-def test_extension_without_dot_is_a_spec_error(nyu_tree: Path, tmp_path: Path) -> None:
-    with pytest.raises(SpecError) as err:
-        build_convert_config(spec(nyu_tree, tmp_path, image_extension="jpg", depth_extension="png"))
-    msg = str(err.value)
-    assert "image_extension" in msg and "'.jpg'" in msg and "depth_extension" in msg and "'.png'" in msg
-    assert "2 problems" in msg
+def test_tao_extensions_without_dot_work_as_in_tao(nyu_tree: Path, tmp_path: Path) -> None:
+    # TAO's defaults are `jpg` / `png` (no dot); the NYU-style tree pairs rgb_*.jpg with sync_depth_*.png
+    res = convert({"data_root": str(nyu_tree), "results_dir": str(tmp_path), "image_dir_pattern": ["rgb_"],
+                   "depth_dir_pattern": ["sync_depth_"]}, log=lambda _m: None)
+    assert res.counts == {"test": 20}
+    cfg = build_convert_config({"data_root": str(nyu_tree), "results_dir": str(tmp_path),
+                                "image_dir_pattern": ["rgb_"]})
+    assert (cfg.image_extension, cfg.depth_extension) == ("jpg", "png")
 
 
 def test_missing_depth_files_are_reported_then_dropped_on_request(nyu_tree: Path, tmp_path: Path) -> None:
@@ -102,7 +104,8 @@ def test_depth_files_are_never_taken_as_images(tmp_path: Path) -> None:
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_bytes(b"x")
     res = convert({"data_root": str(tmp_path / "root"), "results_dir": str(tmp_path / "out"),
-                   "image_dir_pattern": ["rgb"], "depth_dir_pattern": ["rgb_depth"]}, log=lambda _m: None)
+                   "image_dir_pattern": ["rgb"], "depth_dir_pattern": ["rgb_depth"], "image_extension": "png"},
+                  log=lambda _m: None)
     assert res.counts == {"test": 6}
     for s in read_annotation_file(res.files["test"], require_depth=True):
         assert s.image.parent.name == "rgb" and s.depth.parent.name == "rgb_depth"
@@ -153,7 +156,7 @@ def test_empty_depth_extension_keeps_the_image_extension(tmp_path: Path) -> None
             p.write_bytes(b"x")
     res = convert({"data_root": str(tmp_path / "root"), "results_dir": str(tmp_path / "out"),
                    "image_dir_pattern": ["/image/"], "depth_dir_pattern": ["/depth/"], "image_extension": ".png",
-                   "split_ratio": 0.5}, log=lambda _m: None)
+                   "depth_extension": "", "split_ratio": 0.5}, log=lambda _m: None)
     assert res.counts == {"train": 2, "val": 2}
     samples = read_annotation_file(res.files["train"], require_depth=True)
     assert all(s.depth.suffix == ".png" and s.depth.parent.name == "depth" for s in samples)

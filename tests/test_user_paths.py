@@ -56,7 +56,7 @@ def test_relative_spec_paths_are_resolved_once_against_the_cwd(synth_data, tmp_p
     assert spec.automl.tracking_uri == f"sqlite:///{tmp_path}/db/mlflow.db"
     assert spec.automl.storage_path == "s3://bucket/ray"  # a URI is not a local path
     assert spec.evaluate.checkpoint == str(Path.home() / "models/best.ckpt")
-    assert spec.evaluate.trt_engine == ""  # empty means "no path"
+    assert spec.evaluate.trt_engine is None  # empty means "no path" (TAO)
     # a trial loads the resolved spec again from its own folder: nothing moves
     monkeypatch.chdir(tmp_path / "..")
     again = with_overrides(spec, {"train.optim.lr": 1e-4})

@@ -19,7 +19,7 @@ DEMO_DATA = {"num": 480, "size": (120, 160), "seed": 0, "layout": "nyu"}
 
 def demo_spec_tree(results_dir: str = "results/demo") -> dict[str, Any]:
     data = Path(results_dir) / "data"
-    aug = {"crop_size": [112, 154], "color_aug_prob": 0.5}
+    aug = {"crop_size": [112, 154], "color_aug_prob": 0.5, "pipeline": "full"}  # full: flips, colour and scale jitter
     return {
         "results_dir": results_dir,
         "model": {

@@ -19,7 +19,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.errors import SpecError, SpecProblem
-from trainer.config import schema
+from trainer.config import schema, tao
 from trainer.config.paths import resolve_paths
 from trainer.config.schema import ExperimentConfig
 
@@ -294,7 +294,7 @@ _SPLIT_FOR_ACTION = {
 }
 
 _CANONICAL_DATASETS = {n.lower(): n for n in schema.MONO_DATASET_NAMES}
-RELATIVE_DATASETS = ("RelativeMonoDataset", "NYUDV2Relative")
+RELATIVE_DATASETS = ("RelativeMonoDataset", "NYUDV2Relative") + schema.TAO_RELATIVE_DATASET_NAMES
 METRIC_DATASETS = ("MetricMonoDataset", "NYUDV2")
 
 
@@ -312,16 +312,32 @@ def _one_of(value: Any, allowed: Sequence[str], path: str, problems: list[SpecPr
     return None
 
 
+Bad = Callable[[str, str], None]
+
+
 def _validate_values(spec: DictConfig, action: Optional[str], origin_of: Callable[[str], Optional[str]],
-                     notice: Notice, check_files: bool) -> list[SpecProblem]:
+                     notice: Notice, check_files: bool, model_given: bool = True) -> list[SpecProblem]:
+    """Pass 2: every value rule, section by section; returns all problems (normalising spellings in place)."""
     P: list[SpecProblem] = []
 
     def bad(path: str, msg: str) -> None:
         P.append(SpecProblem(path, msg, origin_of(path)))
 
-    m, d, t, o = spec.model, spec.dataset, spec.train, spec.train.optim
+    _check_model(spec, P, bad, origin_of)
+    _check_depth_range(spec, action, P, bad, notice, origin_of)
+    used = _SPLIT_FOR_ACTION.get(action or "", ())
+    # without a model section (TAO Deploy specs) the model comes from the file the action reads at run time
+    pair_check = model_given or action == "train"
+    for split in ("train_dataset", "val_dataset", "test_dataset", "infer_dataset"):
+        _check_split(spec, split, split in used, check_files, pair_check, P, bad, origin_of)
+    _check_train(spec, P, bad, origin_of)
+    _check_deploy(spec, P, bad, origin_of)
+    _check_automl(spec, P, bad, origin_of)
+    return P
 
-    # model
+
+def _check_model(spec: DictConfig, P: list[SpecProblem], bad: Bad, origin_of) -> None:
+    m = spec.model
     if m.model_type in schema.TAO_STEREO_MODEL_TYPES:
         bad("model.model_type", f"found {m.model_type!r}: a stereo model; this skill (depth_net_mono) trains "
                                 f"{' or '.join(schema.MODEL_TYPES)}")
@@ -332,28 +348,29 @@ def _validate_values(spec: DictConfig, action: Optional[str], origin_of: Callabl
     enc = _one_of(m.encoder, schema.ENCODERS, "model.encoder", P, origin_of("model.encoder"), True)
     if enc:
         spec.model.encoder = enc
-    if enc == "custom":
-        c = m.custom
-        if c.embed_dim <= 0 or c.depth <= 0 or c.num_heads <= 0:
-            bad("model.custom", "embed_dim, depth and num_heads must be positive integers")
-        elif c.embed_dim % c.num_heads:
-            bad("model.custom.num_heads", f"embed_dim {c.embed_dim} is not divisible by num_heads {c.num_heads}")
-        if len(c.out_channels) != 4 or any(ch <= 0 for ch in c.out_channels):
-            bad("model.custom.out_channels", f"expected 4 positive integers, found {list(c.out_channels)}")
-        if c.features <= 0:
-            bad("model.custom.features", f"expected a positive integer, found {c.features}")
-        if c.intermediate_layers is not None:
-            il = list(c.intermediate_layers)
-            if len(il) != 4 or any(not 0 <= i < c.depth for i in il):
-                bad("model.custom.intermediate_layers",
-                    f"expected 4 block indices in [0, {c.depth - 1}], found {il}")
-    is_metric = spec.model.model_type == "MetricDepthAnything"
+    if enc != "custom":
+        return
+    c = m.custom
+    if c.embed_dim <= 0 or c.depth <= 0 or c.num_heads <= 0:
+        bad("model.custom", "embed_dim, depth and num_heads must be positive integers")
+    elif c.embed_dim % c.num_heads:
+        bad("model.custom.num_heads", f"embed_dim {c.embed_dim} is not divisible by num_heads {c.num_heads}")
+    if len(c.out_channels) != 4 or any(ch <= 0 for ch in c.out_channels):
+        bad("model.custom.out_channels", f"expected 4 positive integers, found {list(c.out_channels)}")
+    if c.features <= 0:
+        bad("model.custom.features", f"expected a positive integer, found {c.features}")
+    if c.intermediate_layers is not None:
+        il = list(c.intermediate_layers)
+        if len(il) != 4 or any(not 0 <= i < c.depth for i in il):
+            bad("model.custom.intermediate_layers", f"expected 4 block indices in [0, {c.depth - 1}], found {il}")
 
-    # dataset-level depth range
-    if is_metric:
+
+def _check_depth_range(spec: DictConfig, action: Optional[str], P: list[SpecProblem], bad: Bad, notice: Notice,
+                       origin_of) -> None:
+    d = spec.dataset
+    if spec.model.model_type == "MetricDepthAnything":
         if (d.min_depth is None or d.max_depth is None) and action == "train":
-            missing = [k for k in ("min_depth", "max_depth") if d[k] is None]
-            for k in missing:
+            for k in [k for k in ("min_depth", "max_depth") if d[k] is None]:
                 bad(f"dataset.{k}", "required for MetricDepthAnything (the model outputs sigmoid * max_depth and "
                                     "the loss masks ground truth to [min_depth, max_depth]); e.g. min_depth: 0.001, "
                                     "max_depth: 10 for NYU, 80 for driving scenes")
@@ -373,113 +390,121 @@ def _validate_values(spec: DictConfig, action: Optional[str], origin_of: Callabl
     if d.min_valid_pixels < 1:
         bad("dataset.min_valid_pixels", f"found {d.min_valid_pixels}, expected >= 1")
 
-    # splits
-    used = _SPLIT_FOR_ACTION.get(action or "", ())
-    for split in ("train_dataset", "val_dataset", "test_dataset", "infer_dataset"):
-        s = d[split]
-        base = f"dataset.{split}"
-        if s.batch_size < 1:
-            bad(f"{base}.batch_size", f"found {s.batch_size}, expected an integer >= 1")
-        if s.workers < 0:
-            bad(f"{base}.workers", f"found {s.workers}, expected an integer >= 0")
-        a = s.augmentation
-        crop = list(a.crop_size)
-        if len(crop) != 2 or any((not isinstance(c, int)) or c <= 0 or c % 14 for c in crop):
-            near = [max(14, round(c / 14) * 14) for c in crop if isinstance(c, int)] if crop else []
-            bad(f"{base}.augmentation.crop_size",
-                f"found {crop}, expected [height, width], both positive multiples of 14 (the ViT patch size)"
-                + (f"; nearest valid: {near}" if len(near) == 2 else ""))
-        if len(a.input_mean) != 3 or len(a.input_std) != 3 or any(v <= 0 for v in a.input_std):
-            bad(f"{base}.augmentation", "input_mean and input_std must have 3 values each, std > 0")
-        for k in ("h_flip_prob", "color_aug_prob"):
-            if not 0.0 <= a[k] <= 1.0:
-                bad(f"{base}.augmentation.{k}", f"found {a[k]}, expected a probability in [0, 1]")
-        if a.min_scale > a.max_scale:
-            bad(f"{base}.augmentation.min_scale", f"found min_scale {a.min_scale} > max_scale {a.max_scale}")
-        for i, src in enumerate(s.data_sources):
-            sp = f"{base}.data_sources.{i}"
-            name = _one_of(src.dataset_name, schema.MONO_DATASET_NAMES, f"{sp}.dataset_name", P,
-                           origin_of(f"{sp}.dataset_name"), case_insensitive=True) \
-                if src.dataset_name not in schema.TAO_STEREO_DATASET_NAMES else None
-            if src.dataset_name in schema.TAO_STEREO_DATASET_NAMES:
-                bad(f"{sp}.dataset_name", f"found {src.dataset_name!r}: a stereo dataset; depth_net_mono reads "
-                                          f"{', '.join(schema.MONO_DATASET_NAMES)}")
-            if name:
-                src.dataset_name = name
-                if is_metric and name in RELATIVE_DATASETS:
-                    alt = "NYUDV2" if name == "NYUDV2Relative" else "MetricMonoDataset"
-                    bad(f"{sp}.dataset_name", f"found {name} (relative depth) with MetricDepthAnything; "
-                                              f"use {alt} for metric training or set "
-                                              f"model.model_type=RelativeDepthAnything")
-            gt = _one_of(src.gt_type, schema.GT_TYPES, f"{sp}.gt_type", P, origin_of(f"{sp}.gt_type"))
-            if gt == "disparity" and is_metric:
-                bad(f"{sp}.gt_type", "disparity ground truth has no metric scale; MetricDepthAnything needs "
-                                     "depth in metres (gt_type: depth)")
-            if src.depth_scale is not None and src.depth_scale <= 0:
-                bad(f"{sp}.depth_scale", f"found {src.depth_scale}, expected > 0")
-            if not src.data_file:
-                bad(f"{sp}.data_file", "empty; expected the path of an annotation file "
-                                       "(one '<image> [<depth>]' per line; `automl convert` writes them)")
-            elif check_files and split in used and not Path(src.data_file).is_file():
-                bad(f"{sp}.data_file", f"file not found: {src.data_file}")
-        if check_files and split in used and split != "infer_dataset" and not s.data_sources:
-            if split == "val_dataset":
-                continue  # no validation set: training monitors train_loss
-            bad(f"{base}.data_sources", "empty; expected at least one {data_file, dataset_name} entry")
-        if check_files and split == "infer_dataset" and split in used and not s.data_sources and not s.data_root:
-            bad(f"{base}", "give data_sources (annotation files) or data_root (a folder of images)")
 
-    # train
-    if t.num_epochs < 1:
-        bad("train.num_epochs", f"found {t.num_epochs}, expected an integer >= 1")
-    if t.num_gpus < 1:
-        bad("train.num_gpus", f"found {t.num_gpus}, expected an integer >= 1")
-    if t.num_gpus > 1 and len(t.gpu_ids) not in (0, t.num_gpus):
-        bad("train.gpu_ids", f"found {list(t.gpu_ids)} for num_gpus={t.num_gpus}; expected {t.num_gpus} ids")
-    if t.num_nodes < 1:
-        bad("train.num_nodes", f"found {t.num_nodes}, expected an integer >= 1")
-    for k in ("checkpoint_interval", "validation_interval", "accumulate_grad_batches", "log_every_n_steps"):
+def _check_augmentation(a: Any, base: str, P: list[SpecProblem], bad: Bad, origin_of) -> None:
+    pipe = _one_of(str(a.pipeline).lower(), schema.AUGMENT_PIPELINES, f"{base}.pipeline", P,
+                   origin_of(f"{base}.pipeline"))
+    if pipe:
+        a.pipeline = pipe
+    crop = list(a.crop_size)
+    if len(crop) != 2 or any((not isinstance(c, int)) or c <= 0 for c in crop):
+        bad(f"{base}.crop_size", f"found {crop}, expected [height, width], two positive integers (multiples of 14, "
+                                 f"the ViT patch size; others are rounded to one)")
+    if len(a.input_mean) != 3 or len(a.input_std) != 3 or any(v <= 0 for v in a.input_std):
+        bad(base, "input_mean and input_std must have 3 values each, std > 0")
+    for k in ("h_flip_prob", "color_aug_prob"):
+        if not 0.0 <= a[k] <= 1.0:
+            bad(f"{base}.{k}", f"found {a[k]}, expected a probability in [0, 1]")
+    if a.min_scale > a.max_scale:
+        bad(f"{base}.min_scale", f"found min_scale {a.min_scale} > max_scale {a.max_scale}")
+
+
+def _check_source(src: Any, sp: str, used: bool, check_files: bool, pair_check: bool, is_metric: bool,
+                  P: list[SpecProblem], bad: Bad, origin_of) -> None:
+    if src.dataset_name or used:
+        name = _one_of(src.dataset_name, schema.MONO_DATASET_NAMES, f"{sp}.dataset_name", P,
+                       origin_of(f"{sp}.dataset_name"), case_insensitive=True)
+        if name:
+            src.dataset_name = name
+            if pair_check and is_metric and name in RELATIVE_DATASETS:
+                alt = "NYUDV2" if name == "NYUDV2Relative" else "MetricMonoDataset"
+                bad(f"{sp}.dataset_name", f"found {name} (relative depth) with MetricDepthAnything; use {alt} for "
+                                          f"metric training or set model.model_type=RelativeDepthAnything")
+    gt = _one_of(src.gt_type, schema.GT_TYPES, f"{sp}.gt_type", P, origin_of(f"{sp}.gt_type"))
+    if gt == "disparity" and is_metric and pair_check:
+        bad(f"{sp}.gt_type", "disparity ground truth has no metric scale; MetricDepthAnything needs depth in metres "
+                             "(gt_type: depth)")
+    if src.depth_scale is not None and src.depth_scale <= 0:
+        bad(f"{sp}.depth_scale", f"found {src.depth_scale}, expected > 0")
+    if not src.data_file:
+        if used:
+            bad(f"{sp}.data_file", "empty; expected the path of an annotation file (one '<image> [<depth>]' per "
+                                   "line; `automl convert` writes them)")
+    elif check_files and used and not Path(src.data_file).is_file():
+        bad(f"{sp}.data_file", f"file not found: {src.data_file}")
+
+
+def _check_split(spec: DictConfig, split: str, used: bool, check_files: bool, pair_check: bool,
+                 P: list[SpecProblem], bad: Bad, origin_of) -> None:
+    s = spec.dataset[split]
+    base = f"dataset.{split}"
+    if s.batch_size < 1:
+        bad(f"{base}.batch_size", f"found {s.batch_size}, expected an integer >= 1")
+    if s.workers < 0:
+        bad(f"{base}.workers", f"found {s.workers}, expected an integer >= 0")
+    _check_augmentation(s.augmentation, f"{base}.augmentation", P, bad, origin_of)
+    is_metric = spec.model.model_type == "MetricDepthAnything"
+    for i, src in enumerate(s.data_sources):
+        _check_source(src, f"{base}.data_sources.{i}", used, check_files, pair_check, is_metric, P, bad, origin_of)
+    if not (check_files and used):
+        return
+    if split in ("train_dataset", "test_dataset") and not s.data_sources:
+        bad(f"{base}.data_sources", "empty; expected at least one {data_file, dataset_name} entry")
+    if split == "infer_dataset" and not s.data_sources and not s.data_root:
+        bad(base, "give data_sources (annotation files) or data_root (a folder of images)")
+
+
+def _check_train(spec: DictConfig, P: list[SpecProblem], bad: Bad, origin_of) -> None:
+    t, o = spec.train, spec.train.optim
+    for k in ("num_epochs", "num_gpus", "num_nodes", "checkpoint_interval", "validation_interval",
+              "accumulate_grad_batches", "log_every_n_steps"):
         if t[k] < 1:
             bad(f"train.{k}", f"found {t[k]}, expected an integer >= 1")
-    if t.num_threads is not None and t.num_threads < 1:
-        bad("train.num_threads", f"found {t.num_threads}, expected an integer >= 1 or null")
-    if t.max_steps_per_epoch is not None and t.max_steps_per_epoch < 1:
-        bad("train.max_steps_per_epoch", f"found {t.max_steps_per_epoch}, expected an integer >= 1 or null")
+    if t.num_gpus > 1 and len(t.gpu_ids) not in (0, t.num_gpus):
+        bad("train.gpu_ids", f"found {list(t.gpu_ids)} for num_gpus={t.num_gpus}; expected {t.num_gpus} ids")
+    for k in ("num_threads", "max_steps_per_epoch"):
+        if t[k] is not None and t[k] < 1:
+            bad(f"train.{k}", f"found {t[k]}, expected an integer >= 1 or null")
     if t.clip_grad_norm < 0:
         bad("train.clip_grad_norm", f"found {t.clip_grad_norm}, expected >= 0 (0 disables clipping)")
     prec = _one_of(str(t.precision).lower(), schema.PRECISIONS, "train.precision", P, origin_of("train.precision"))
     if prec:
         spec.train.precision = prec
-    _one_of(t.distributed_strategy, schema.DISTRIBUTED_STRATEGIES, "train.distributed_strategy", P,
-            origin_of("train.distributed_strategy"))
-    _one_of(o.monitor_name, schema.MONITOR_NAMES, "train.optim.monitor_name", P, origin_of("train.optim.monitor_name"))
-    _one_of(o.optimizer, schema.OPTIMIZERS, "train.optim.optimizer", P, origin_of("train.optim.optimizer"))
-    _one_of(o.lr_scheduler, schema.LR_SCHEDULERS, "train.optim.lr_scheduler", P, origin_of("train.optim.lr_scheduler"))
+    for path, allowed in (("train.distributed_strategy", schema.DISTRIBUTED_STRATEGIES),
+                          ("train.optim.monitor_name", schema.MONITOR_NAMES),
+                          ("train.optim.optimizer", schema.OPTIMIZERS),
+                          ("train.optim.lr_scheduler", schema.LR_SCHEDULERS)):
+        _one_of(OmegaConf.select(spec, path), allowed, path, P, origin_of(path))
     if not o.lr > 0:
         bad("train.optim.lr", f"found {o.lr}, expected a learning rate > 0 (finetuning recipes use 5e-6)")
-    if o.weight_decay < 0:
-        bad("train.optim.weight_decay", f"found {o.weight_decay}, expected >= 0")
-    if not o.head_lr_multiplier > 0:
-        bad("train.optim.head_lr_multiplier", f"found {o.head_lr_multiplier}, expected > 0")
-    if o.warmup_steps < 0:
-        bad("train.optim.warmup_steps", f"found {o.warmup_steps}, expected an integer >= 0")
-    if not 0 < o.lr_decay <= 1:
-        bad("train.optim.lr_decay", f"found {o.lr_decay}, expected a factor in (0, 1]")
-    if o.min_lr < 0:
-        bad("train.optim.min_lr", f"found {o.min_lr}, expected >= 0")
-    if o.lr_step_size < 1:
-        bad("train.optim.lr_step_size", f"found {o.lr_step_size}, expected an integer >= 1")
+    for k, ok, expected in (("weight_decay", o.weight_decay >= 0, ">= 0"),
+                            ("head_lr_multiplier", o.head_lr_multiplier > 0, "> 0"),
+                            ("warmup_steps", o.warmup_steps >= 0, "an integer >= 0"),
+                            ("lr_decay", 0 < o.lr_decay <= 1, "a factor in (0, 1]"),
+                            ("min_lr", o.min_lr >= 0, ">= 0"),
+                            ("lr_step_size", o.lr_step_size >= 1, "an integer >= 1"),
+                            ("poly_power", o.poly_power > 0, "> 0")):
+        if not ok:
+            bad(f"train.optim.{k}", f"found {o[k]}, expected {expected}")
     if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
         bad("train.optim.betas", f"found {list(o.betas)}, expected two values in [0, 1)")
-    if o.poly_power <= 0:
-        bad("train.optim.poly_power", f"found {o.poly_power}, expected > 0")
 
-    # export / engine
+
+def _check_deploy(spec: DictConfig, P: list[SpecProblem], bad: Bad, origin_of) -> None:
+    """evaluate / inference / export / gen_trt_engine (sizes were rounded to multiples of 14 already)."""
+    for section in ("evaluate", "inference"):
+        b = spec[section].batch_size
+        if b is not None and b < 1:
+            bad(f"{section}.batch_size", f"found {b}, expected -1 (TAO's default: the split's batch size) or >= 1")
+        for k in ("input_width", "input_height"):
+            v = spec[section][k]
+            if v is not None and v <= 0:
+                bad(f"{section}.{k}", f"found {v}, expected a positive size (a multiple of 14) or null")
     e = spec.export
     if e.opset_version < 7:
         bad("export.opset_version", f"found {e.opset_version}, expected >= 17")
     for k in ("input_width", "input_height"):
-        if e[k] <= 0 or e[k] % 14:
+        if e[k] <= 0:
             bad(f"export.{k}", f"found {e[k]}, expected a positive multiple of 14")
     if e.batch_size == 0 or e.batch_size < -1:
         bad("export.batch_size", f"found {e.batch_size}, expected -1 (dynamic) or >= 1")
@@ -494,37 +519,28 @@ def _validate_values(spec: DictConfig, action: Optional[str], origin_of: Callabl
     if trt.workspace_size <= 0:
         bad("gen_trt_engine.tensorrt.workspace_size", f"found {trt.workspace_size}, expected MiB > 0")
 
-    # automl
+
+def _check_automl(spec: DictConfig, P: list[SpecProblem], bad: Bad, origin_of) -> None:
     a = spec.automl
-    pol = _one_of(str(a.policy).lower(), schema.AUTOML_POLICIES, "automl.policy", P, origin_of("automl.policy"))
-    if pol:
-        spec.automl.policy = pol
-    sch = _one_of(str(a.scheduler).lower(), schema.SCHEDULERS, "automl.scheduler", P, origin_of("automl.scheduler"))
-    if sch:
-        spec.automl.scheduler = sch
-    smp = _one_of(str(a.sampler).lower(), schema.SAMPLERS, "automl.sampler", P, origin_of("automl.sampler"))
-    if smp:
-        spec.automl.sampler = smp
-    if a.budget_epochs is not None and a.budget_epochs < 1:
-        bad("automl.budget_epochs", f"found {a.budget_epochs}, expected an integer >= 1 or null")
+    for key, allowed in (("policy", schema.AUTOML_POLICIES), ("scheduler", schema.SCHEDULERS),
+                         ("sampler", schema.SAMPLERS)):
+        value = _one_of(str(a[key]).lower(), allowed, f"automl.{key}", P, origin_of(f"automl.{key}"))
+        if value:
+            spec.automl[key] = value
     _one_of(a.export, schema.AUTOML_EXPORT, "automl.export", P, origin_of("automl.export"))
     if a.mode is not None:
         _one_of(a.mode, ("min", "max"), "automl.mode", P, origin_of("automl.mode"))
-    if a.num_trials < 1:
-        bad("automl.num_trials", f"found {a.num_trials}, expected an integer >= 1")
-    if a.max_concurrent is not None and a.max_concurrent < 1:
-        bad("automl.max_concurrent", f"found {a.max_concurrent}, expected an integer >= 1")
-    if a.gpus_per_trial is not None and a.gpus_per_trial < 0:
-        bad("automl.gpus_per_trial", f"found {a.gpus_per_trial}, expected >= 0")
-    if a.cpus_per_trial <= 0:
-        bad("automl.cpus_per_trial", f"found {a.cpus_per_trial}, expected > 0")
-    if a.grace_period < 1:
-        bad("automl.grace_period", f"found {a.grace_period}, expected an integer >= 1")
-    if a.reduction_factor < 2:
-        bad("automl.reduction_factor", f"found {a.reduction_factor}, expected an integer >= 2")
-    if a.max_failures < 0:
-        bad("automl.max_failures", f"found {a.max_failures}, expected an integer >= 0")
-    return P
+    for k, lowest in (("budget_epochs", 1), ("max_concurrent", 1)):
+        if a[k] is not None and a[k] < lowest:
+            bad(f"automl.{k}", f"found {a[k]}, expected an integer >= {lowest} or null")
+    for k, ok, expected in (("num_trials", a.num_trials >= 1, "an integer >= 1"),
+                            ("gpus_per_trial", a.gpus_per_trial is None or a.gpus_per_trial >= 0, ">= 0"),
+                            ("cpus_per_trial", a.cpus_per_trial > 0, "> 0"),
+                            ("grace_period", a.grace_period >= 1, "an integer >= 1"),
+                            ("reduction_factor", a.reduction_factor >= 2, "an integer >= 2"),
+                            ("max_failures", a.max_failures >= 0, "an integer >= 0")):
+        if not ok:
+            bad(f"automl.{k}", f"found {a[k]}, expected {expected}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -568,14 +584,32 @@ def _matches(pattern: str, path: str) -> bool:
     return len(parts) >= len(pat) and all(a == "*" or a == b for a, b in zip(pat, parts))
 
 
-def _notice_unused(touched: list[str], notice: Notice) -> None:
-    seen: set[str] = set()
+def _notice_unused(touched: list[str], notice: Notice, extra: Sequence[str] = ()) -> None:
+    """One line per unused key the spec sets: `accepted, not used: KEY`. A whole unused section (e.g. `wandb`) is
+    one line; the same key in several dataset splits is one line naming the splits."""
+    found: dict[str, list[str]] = {}  # key (split as *) -> splits
     for path in touched:
         norm = ".".join("*" if p.isdigit() else p for p in path.split("."))
-        for pattern in schema.UNUSED_KEYS:
-            if pattern not in seen and _matches(pattern, norm):
-                seen.add(pattern)
-                notice(f"'{path}' is a TAO key that depth_net_mono does not use; it is accepted and ignored")
+        for pattern in list(schema.UNUSED_KEYS) + list(extra):
+            if _matches(pattern, norm):
+                parts = norm.split(".")[:len(pattern.split("."))]
+                split = None
+                if len(parts) > 1 and parts[0] == "dataset" and parts[1] in _ALL_SPLITS:
+                    split, parts[1] = parts[1], "*"
+                splits = found.setdefault(".".join(parts), [])
+                if split and split not in splits:
+                    splits.append(split)
+                break
+    for key, splits in found.items():
+        if len(splits) == 1:
+            key = key.replace("*", splits[0], 1)
+        elif splits:
+            names = ",".join(s.replace("_dataset", "") for s in splits)
+            key = key.replace("dataset.*.", "dataset.{" + names + "}_dataset.", 1)
+        notice(f"accepted, not used: {key}")
+
+
+_ALL_SPLITS = ("train_dataset", "val_dataset", "test_dataset", "infer_dataset")
 
 
 def build_spec(raw: Optional[Mapping] = None, overrides: Sequence[str] | Sequence[tuple[str, Any]] = (),
@@ -616,7 +650,6 @@ def build_spec(raw: Optional[Mapping] = None, overrides: Sequence[str] | Sequenc
             value = "auto" if value else "off"
         override_keys.add(key)
         _set_dotted(tree, key, value)
-    resolve_paths(tree, Path(base_dir) if base_dir else None)  # relative paths mean the user's cwd, for every trial, rank and node (trainer/config/paths.py)
 
     def origin_of(path: str) -> Optional[str]:
         norm = path
@@ -629,14 +662,34 @@ def build_spec(raw: Optional[Mapping] = None, overrides: Sequence[str] | Sequenc
 
     problems: list[SpecProblem] = []
     touched: list[str] = []
+    problems += _tao_before(tree, action, notice, check_files, Path(base_dir) if base_dir else None)
+    model_given = "model" in tree
     cleaned = _check_tree(ExperimentConfig, tree, "", origin_of, problems, touched)
     spec = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), cleaned if cleaned is not _DROP else {})
+    problems += _tao_after(spec, notice)
     # value checks run on whatever passed the structural checks, so that one run reports everything
-    problems += _validate_values(spec, action, origin_of, notice, check_files)
+    problems += _validate_values(spec, action, origin_of, notice, check_files, model_given)
     if problems:
         raise SpecError(problems, source)
-    _notice_unused([p for p in touched if p in file_keys or p in override_keys], notice)
+    unused_augmentation = tao.apply_pipeline(spec)
+    _notice_unused([p for p in touched if p in file_keys or p in override_keys], notice, unused_augmentation)
     return spec
+
+
+def _tao_before(tree: dict, action: Optional[str], notice: Notice, check_files: bool,
+                base_dir: Optional[Path]) -> list[SpecProblem]:
+    """TAO conventions on the plain tree (trainer.config.tao): empty paths, placeholders, -1 batch sizes; then
+    relative paths made absolute under `base_dir` (default: the cwd; trainer.config.paths), so that every trial,
+    rank and node sees the same files; then the model section of specs that have none, from the files named."""
+    tao.normalize_raw(tree)
+    resolve_paths(tree, base_dir)
+    return tao.model_from_artifacts(tree, action, notice) if check_files else []
+
+
+def _tao_after(spec: DictConfig, notice: Notice) -> list[SpecProblem]:
+    """TAO conventions on the typed spec: sizes rounded to multiples of 14, TAO's engine shape keys."""
+    tao.round_sizes(spec, notice)
+    return tao.map_engine_shapes(spec, notice) + tao.check_interval_unit(spec, notice)
 
 
 def build_config(cls: type, raw: Optional[Mapping], overrides: Sequence[str] = (), *,

@@ -27,8 +27,11 @@ LR_SCHEDULERS = (
 MONITOR_NAMES = ("val_loss", "train_loss", "val/loss", "val/d1", "val/d2", "val/d3", "val/abs_rel", "val/sq_rel",
                  "val/rmse", "val/rmse_log", "val/log10", "val/silog")
 DISTRIBUTED_STRATEGIES = ("ddp", "fsdp")
-MONO_DATASET_NAMES = ("RelativeMonoDataset", "MetricMonoDataset", "NYUDV2", "NYUDV2Relative")
-TAO_STEREO_DATASET_NAMES = ("ThreeDVLM", "FSD", "NvCLIP", "IssacStereo", "Crestereo", "Middlebury")
+# TAO's relative mono dataset classes named after their sources (trainer/data/datasets.py says what each reads)
+TAO_RELATIVE_DATASET_NAMES = ("NvCLIP", "Middlebury", "ThreeDVLM", "FSD", "IssacStereo", "Crestereo")
+MONO_DATASET_NAMES = ("RelativeMonoDataset", "MetricMonoDataset", "NYUDV2", "NYUDV2Relative") \
+    + TAO_RELATIVE_DATASET_NAMES
+AUGMENT_PIPELINES = ("tao", "full")  # (ours) dataset.<split>.augmentation.pipeline
 BAD_SAMPLE_POLICIES = ("error", "skip")
 GT_TYPES = ("depth", "disparity")
 TRT_DATA_TYPES = ("BF16", "FP32", "FP16")
@@ -92,6 +95,21 @@ class ModelConfig:
     n_downsample: int = 2
     max_disparity: int = 416
     concat_channel: int = 24
+    motion_encoder_widths: List[int] = field(default_factory=lambda: [256, 256, 64, 64])
+    motion_encoder_final: Optional[int] = None
+    gru_hidden: Optional[int] = None
+    gru_gating_conv_widths: Optional[List[int]] = None
+    disp_head_input_dim: Optional[int] = None
+    disp_head_intermediate: Optional[int] = None
+    disp_head_pwconv1_widths: Optional[List[int]] = None
+    mask_widths: List[int] = field(default_factory=lambda: [64, 32])
+    stem_2_widths: List[int] = field(default_factory=lambda: [32, 32])
+    spx_2_gru_widths: List[int] = field(default_factory=lambda: [32, 32, 32, 32])
+    spx_gru_out: int = 9
+    classifier_mid: Optional[int] = None
+    cnet_conv04_widths: Optional[List[int]] = None
+    cam_mid_channels: Optional[int] = None
+    cost_agg_conv_patch_padding: Optional[List[int]] = None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -109,6 +127,9 @@ class DataSourceConfig:
 
 @dataclass
 class AugmentationConfig:
+    # (ours) tao: what TAO's mono pipeline applies (keep-aspect resize covering crop_size, random crop,
+    # normalisation); full: also h_flip_prob, color_aug_* and min_scale/max_scale below
+    pipeline: str = "tao"
     input_mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     input_std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     crop_size: List[int] = field(default_factory=lambda: [518, 518])  # [height, width], multiples of 14
@@ -122,7 +143,8 @@ class AugmentationConfig:
     color_aug_saturation: List[float] = field(default_factory=lambda: [0.0, 1.4])
     color_aug_hue_range: List[float] = field(default_factory=lambda: [-5 / 180.0, 5 / 180.0])
     # TAO stereo-only keys: accepted, unused
-    do_flip: bool = False
+    do_flip: Any = False  # TAO declares a bool but its stereo pipeline reads 'h' | 'hf' | 'v'
+
     yjitter_prob: float = 1.0
     gamma: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
     eraser_aug_prob: float = 0.5
@@ -145,6 +167,11 @@ class DatasetSplitConfig:
 
 
 @dataclass
+class QuantCalibrationDatasetConfig:  # TAO quantize; accepted, unused
+    images_dir: Optional[str] = None
+
+
+@dataclass
 class DatasetConfig:
     dataset_name: str = "MonoDataset"
     normalize_depth: bool = False
@@ -160,6 +187,8 @@ class DatasetConfig:
     max_disparity: int = 416
     baseline: float = 0.193001
     focal_x: float = 1998.842
+    quant_calibration_dataset: QuantCalibrationDatasetConfig = field(
+        default_factory=QuantCalibrationDatasetConfig)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -202,6 +231,7 @@ class TrainConfig:
     cudnn: CuDNNConfig = field(default_factory=CuDNNConfig)
     num_epochs: int = 10
     checkpoint_interval: int = 1
+    checkpoint_interval_unit: str = "epoch"  # epoch | step (TAO): the unit of checkpoint_interval
     checkpoint_interval_steps: Optional[int] = None
     validation_interval: int = 1
     resume_training_checkpoint_path: Optional[str] = None
@@ -247,7 +277,8 @@ class EvaluateConfig:
     results_dir: Optional[str] = None
     input_width: Optional[int] = None  # network input size; default: the data's size rounded to 14
     input_height: Optional[int] = None
-    batch_size: Optional[int] = None  # default: dataset.test_dataset.batch_size
+    batch_size: Optional[int] = None  # default (TAO: -1): dataset.test_dataset.batch_size
+    native_padded: bool = False  # TAO (stereo engines); accepted, unused
 
 
 @dataclass
@@ -263,6 +294,7 @@ class InferenceConfig:
     input_height: Optional[int] = None
     batch_size: Optional[int] = None
     save_raw_pfm: bool = False
+    save_raw_npy: bool = False  # TAO (stereo disparity .npy); accepted, unused
     conf_threshold: float = 0.5  # TAO; accepted, unused
 
 
@@ -282,6 +314,7 @@ class ExportConfig:
     dynamic_hw: bool = True  # (ours) dynamic height/width axes (keep-aspect inputs); false: fixed input_height/width
     overwrite: bool = False  # (ours) replace an existing onnx_file
     format: str = "onnx"  # TAO; only onnx
+    valid_iters: int = 22  # TAO stereo GRU iterations; accepted, unused
 
 
 @dataclass
@@ -312,6 +345,13 @@ class GenTrtEngineConfig:
     verbose: bool = False
     overwrite: bool = False  # (ours)
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
+    # TAO's dynamic-shape range; mapped at load time onto tensorrt.min_*/height|width/max_* (trainer.config.tao)
+    min_height: Optional[int] = None
+    opt_height: Optional[int] = None
+    max_height: Optional[int] = None
+    min_width: Optional[int] = None
+    opt_width: Optional[int] = None
+    max_width: Optional[int] = None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -353,12 +393,41 @@ class WandBConfig:
     enable: bool = False
     project: str = "TAO Toolkit"
     entity: Optional[str] = None
+    group: Optional[str] = None
     tags: List[str] = field(default_factory=list)
     reinit: bool = False
     sync_tensorboard: bool = False
     save_code: bool = False
     name: str = ""
     run_id: str = ""
+
+
+@dataclass
+class QuantizerSettings:  # TAO quantize: weights/activations of one layer pattern
+    dtype: str = ""
+    observer_or_fake_quant: str = ""
+    quant_axis: Optional[int] = None
+    observer_or_fake_quant_kwargs: Optional[Any] = None
+
+
+@dataclass
+class QuantizeLayerConfig:
+    module_name: str = ""
+    weights: Optional[QuantizerSettings] = None
+    activations: Optional[QuantizerSettings] = None
+
+
+@dataclass
+class QuantizeConfig:  # TAO quantize (not provided here); accepted, unused
+    backend: Optional[str] = "torchao"
+    mode: Optional[str] = "weight_only_ptq"
+    algorithm: Optional[str] = "minmax"
+    layers: List[QuantizeLayerConfig] = field(default_factory=list)
+    skip_names: List[str] = field(default_factory=list)
+    model_path: Optional[str] = None
+    results_dir: Optional[str] = None
+    backend_kwargs: Optional[Any] = None
+    device: str = "cuda"
 
 
 @dataclass
@@ -375,6 +444,7 @@ class ExperimentConfig:
     gen_trt_engine: GenTrtEngineConfig = field(default_factory=GenTrtEngineConfig)
     automl: AutoMLConfig = field(default_factory=AutoMLConfig)
     wandb: WandBConfig = field(default_factory=WandBConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
 
 
 # Dotted paths (with `*` for list items / any split) that are accepted for TAO compatibility but not used.
@@ -386,7 +456,12 @@ UNUSED_KEYS: tuple[str, ...] = (
     "model.hidden_dims", "model.corr_radius", "model.cv_group", "model.train_iters", "model.valid_iters",
     "model.volume_dim", "model.low_memory", "model.mixed_precision", "model.gwc_feature_normalize",
     "model.n_gru_layers", "model.corr_levels", "model.n_downsample", "model.max_disparity",
-    "model.concat_channel",
+    "model.concat_channel", "model.motion_encoder_widths", "model.motion_encoder_final", "model.gru_hidden",
+    "model.gru_gating_conv_widths", "model.disp_head_input_dim", "model.disp_head_intermediate",
+    "model.disp_head_pwconv1_widths", "model.mask_widths", "model.stem_2_widths", "model.spx_2_gru_widths",
+    "model.spx_gru_out", "model.classifier_mid", "model.cnet_conv04_widths", "model.cam_mid_channels",
+    "model.cost_agg_conv_patch_padding",
+    "quantize", "dataset.quant_calibration_dataset",
     "dataset.dataset_name", "dataset.normalize_depth",
     "dataset.max_disparity", "dataset.baseline", "dataset.focal_x",
     "dataset.*.augmentation.do_flip", "dataset.*.augmentation.yjitter_prob", "dataset.*.augmentation.gamma",
@@ -396,7 +471,9 @@ UNUSED_KEYS: tuple[str, ...] = (
     "dataset.*.augmentation.crop_min_valid_disp_ratio",
     "train.dataloader_visualize", "train.vis_step_interval", "train.is_dry_run",
     "train.inference_tile", "train.tile_wtype", "train.tile_min_overlap",
-    "inference.conf_threshold", "export.input_channel", "export.format", "export.verbose",
+    "inference.conf_threshold", "inference.save_raw_npy", "evaluate.native_padded", "export.valid_iters",
+    "export.input_channel", "export.format", "export.verbose", "evaluate.num_gpus", "inference.num_gpus",
+    "train.checkpoint_interval_steps",
     "evaluate.num_nodes", "inference.num_nodes",
 )
 

@@ -1,18 +1,22 @@
-"""`convert`: build annotation files from a folder tree, with TAO depth_net's semantics and its traps closed.
+"""`convert`: build annotation files from a folder tree with TAO depth_net's semantics, plus checks TAO lacks.
 
-TAO semantics kept: walk `data_root` recursively; an image is a file whose path contains every substring of
-`image_dir_pattern` (and ends with `image_extension` when given); its depth file is derived by replacing
-`image_dir_pattern[0]` with `depth_dir_pattern[0]` and `image_extension` with `depth_extension`. `split_ratio` 0
-or 1 writes one `test.txt`; 0.8 writes an 80/20 `train.txt`/`val.txt` after a seeded shuffle.
+TAO semantics: walk `data_root` recursively; an image is a file whose path contains every substring of
+`image_dir_pattern` and ends with `image_extension` (a suffix such as `jpg`, `.png` or KITTI's `_10.png`; TAO's
+defaults `jpg` / `png`, no dot needed); its depth file is derived by replacing every `image_dir_pattern[i]` with
+`depth_dir_pattern[i]` and the `image_extension` ending with `depth_extension`. `split_ratio` 0 or 1 writes one
+`test.txt`; otherwise `int(split_ratio * n)` shuffled pairs (truncated, as TAO counts) go to `train.txt`, the rest
+to `val.txt`.
 
-Unlike TAO:
-- an extension without its leading dot is an error (TAO silently derives corrupt paths);
-- a file whose path contains the depth pattern is never taken as an image;
+Added checks and choices (TAO has none of them):
+- the shuffle is seeded (`seed`), so a split can be reproduced;
+- a file whose path contains the depth patterns is never taken as an image;
 - patterns are matched and replaced in the path below `data_root`, so a `data_root` that happens to contain a
-  pattern does not change the result;
+  pattern does not change the result; only the extension at the end of a path is swapped (TAO replaces it
+  anywhere in the path);
 - every derived depth path is checked: missing ones are reported (count and up to 5 examples) and are an error,
   unless `allow_missing_depth: true`, which drops those images and says how many;
-- an empty `depth_extension` keeps the image's extension (TAO would strip `image_extension`);
+- an empty `depth_extension` keeps the image's extension;
+- image patterns beyond the depth patterns only select images (TAO would fail on the missing pair);
 - with no `depth_dir_pattern`, image-only lines are written (inference lists);
 - paths containing whitespace (which the annotation format cannot hold) are an error.
 """
@@ -42,9 +46,9 @@ class ConvertConfig:
     results_dir: str = ""
     image_dir_pattern: List[str] = field(default_factory=list)
     depth_dir_pattern: List[str] = field(default_factory=list)
-    image_extension: str = ""
-    depth_extension: str = ""
-    split_ratio: float = 0.0  # 0 or 1: test.txt only; otherwise the train fraction (the rest is val)
+    image_extension: str = "jpg"  # TAO's default; a suffix: jpg, .png, _10.png
+    depth_extension: str = "png"  # TAO's default
+    split_ratio: float = 0.0  # 0 or 1: test.txt only; otherwise the train fraction, truncated (the rest is val)
     seed: int = 0  # (ours) shuffle seed for the train/val split
     allow_missing_depth: bool = False  # (ours) drop images whose derived depth file is missing
     # TAO stereo keys: accepted, unused
@@ -92,23 +96,18 @@ def _validate(cfg: DictConfig, origin_of: Callable[[str], Optional[str]]) -> lis
     if any(not str(p) for p in cfg.depth_dir_pattern):
         bad("depth_dir_pattern", f"found {list(cfg.depth_dir_pattern)}; expected non-empty substrings, e.g. "
                                  f"[sync_depth_]")
-    for key in ("image_extension", "depth_extension"):
-        ext = cfg[key]
-        if ext and not ext.startswith("."):
-            bad(key, f"found {ext!r} without its leading dot; expected {'.' + ext!r} (the extension is swapped as a "
-                     f"substring, so a missing dot corrupts the derived depth paths)")
-        elif ext == ".":
-            bad(key, "found '.' alone; expected an extension such as .png")
-    if cfg.depth_extension and not cfg.image_extension:
+    if cfg.depth_dir_pattern and cfg.depth_extension and not cfg.image_extension:
         bad("depth_extension", f"found {cfg.depth_extension!r} with an empty image_extension; expected "
                                f"image_extension too (depth_extension replaces it in the derived path)")
-    if cfg.depth_extension and not cfg.depth_dir_pattern:
-        bad("depth_extension", "set without depth_dir_pattern; expected depth_dir_pattern to derive depth paths")
     if cfg.image_dir_pattern and cfg.depth_dir_pattern and \
-            cfg.image_dir_pattern[0] == cfg.depth_dir_pattern[0] and \
+            list(cfg.image_dir_pattern)[:len(cfg.depth_dir_pattern)] == list(cfg.depth_dir_pattern) and \
             (cfg.image_extension or "") == (cfg.depth_extension or ""):
-        bad("depth_dir_pattern", f"found the same pattern as image_dir_pattern[0] ({cfg.image_dir_pattern[0]!r}) "
+        bad("depth_dir_pattern", f"found the same patterns as image_dir_pattern ({list(cfg.depth_dir_pattern)}) "
                                  f"and the same extension: every depth path would be the image itself")
+    if len(cfg.depth_dir_pattern) > len(cfg.image_dir_pattern):
+        bad("depth_dir_pattern", f"found {len(cfg.depth_dir_pattern)} patterns for {len(cfg.image_dir_pattern)} "
+                                 f"image_dir_pattern entries; expected at most one depth pattern per image pattern "
+                                 f"(depth_dir_pattern[i] replaces image_dir_pattern[i])")
     if not 0.0 <= cfg.split_ratio <= 1.0:
         bad("split_ratio", f"found {cfg.split_ratio}; expected 0 or 1 (test.txt only) or a train fraction in "
                            f"(0, 1), e.g. 0.8")
@@ -134,6 +133,21 @@ def _as_config(cfg: ConvertConfig | DictConfig | Mapping) -> DictConfig:
     return build_convert_config(cfg)
 
 
+def _ext(value: Optional[str]) -> str:
+    """An extension as a path ending: `png` -> `.png` (TAO's spelling, matched as `endswith`); `.png` and suffixes
+    such as KITTI's `_10.png` stay as given."""
+    value = value or ""
+    return "." + value if value[:1].isalnum() else value
+
+
+def derive_depth_path(image: str, image_patterns: Sequence[str], depth_patterns: Sequence[str]) -> str:
+    """TAO's derivation: every `image_patterns[i]` replaced by `depth_patterns[i]` (pairs beyond the shorter list:
+    the image pattern only selects)."""
+    for old, new in zip(image_patterns, depth_patterns):
+        image = image.replace(old, new)
+    return image
+
+
 def _swap_suffix(text: str, old: str, new: str) -> str:
     return text[: len(text) - len(old)] + new if old and text.endswith(old) else text
 
@@ -148,12 +162,14 @@ def convert(cfg: ConvertConfig | DictConfig | Mapping, *, log: Callable[[str], N
     root = Path(c.data_root).resolve()
     img_pats = [str(p) for p in c.image_dir_pattern]
     dep_pats = [str(p) for p in c.depth_dir_pattern]
-    img_ext, dep_ext = c.image_extension or "", c.depth_extension or ""
+    img_ext, dep_ext = _ext(c.image_extension), _ext(c.depth_extension)
 
     files = sorted(p for p in root.rglob("*") if p.is_file())
     rels = [p.relative_to(root).as_posix() for p in files]
     matching = [r for r in rels if all(s in r for s in img_pats) and (not img_ext or r.endswith(img_ext))]
-    depth_like = [r for r in matching if dep_pats and dep_pats[0] in r and dep_pats[0] not in img_pats[0]]
+    # a depth file can match the image patterns (e.g. [training] -> [training]); the depth-only patterns tell
+    depth_only = [d for d, i in zip(dep_pats, img_pats) if d not in i]
+    depth_like = [r for r in matching if depth_only and all(d in r for d in depth_only)]
     taken_as_depth = set(depth_like)
     images = [r for r in matching if r not in taken_as_depth]
     if not images:
@@ -165,7 +181,7 @@ def convert(cfg: ConvertConfig | DictConfig | Mapping, *, log: Callable[[str], N
         if not dep_pats:
             pairs.append((root / r, None))
             continue
-        d = r.replace(img_pats[0], dep_pats[0])
+        d = derive_depth_path(r, img_pats, dep_pats)
         if dep_ext:  # no depth_extension: depth files share the image's extension
             d = _swap_suffix(d, img_ext, dep_ext)
         if (root / d).is_file():
@@ -175,8 +191,9 @@ def convert(cfg: ConvertConfig | DictConfig | Mapping, *, log: Callable[[str], N
     if missing:
         examples = "\n".join(f"  {root / r} -> {root / d} (not found)" for r, d in missing[:_MAX_EXAMPLES])
         more = f"\n  ... and {len(missing) - _MAX_EXAMPLES} more" if len(missing) > _MAX_EXAMPLES else ""
+        swaps = ", ".join(f"{i!r} -> {d!r}" for i, d in zip(img_pats, dep_pats))
         head = (f"convert: {len(missing)} of {len(images)} images have no depth file at the derived path "
-                f"(image_dir_pattern[0] {img_pats[0]!r} -> depth_dir_pattern[0] {dep_pats[0]!r}, "
+                f"(image_dir_pattern -> depth_dir_pattern: {swaps}; "
                 f"image_extension {img_ext!r} -> depth_extension {dep_ext!r}):\n{examples}{more}")
         if not pairs:
             raise DataError(head + "\nno image has a depth file: check depth_dir_pattern and depth_extension")
@@ -199,7 +216,7 @@ def convert(cfg: ConvertConfig | DictConfig | Mapping, *, log: Callable[[str], N
         shuffled = list(pairs)
         random.Random(int(c.seed)).shuffle(shuffled)
         n = len(shuffled)
-        n_train = min(max(round(ratio * n), 1), n - 1) if n >= 2 else n
+        n_train = int(ratio * n)  # TAO's count: truncated
         splits = {"train": sorted(shuffled[:n_train]), "val": sorted(shuffled[n_train:])}
     written: dict[str, Path] = {}
     counts: dict[str, int] = {}

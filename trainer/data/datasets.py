@@ -8,6 +8,7 @@ Every data source of a split is read by the class its `dataset_name` names (case
 | `RelativeMonoDataset` | depth (default) or disparity (`gt_type: disparity`) | disparity (1/depth)    |
 | `NYUDV2`              | NYU uint16 millimetre PNGs                  | metres, valid 1e-3..10 m, Eigen crop at evaluation |
 | `NYUDV2Relative`      | same                                        | disparity, Eigen crop at evaluation |
+| `NvCLIP`, `Middlebury`, `ThreeDVLM`, `FSD`, `IssacStereo`, `Crestereo` (TAO) | disparity, valid < 1000 | disparity |
 
 Items follow docs/internals.md: `image` float32 [3, H, W] (normalised, multiples of 14), `depth` float32 [h, w]
 (0 where invalid), `valid` bool [h, w], `path`, `index`, plus `skipped`: a list of `(reason, path)` for samples
@@ -92,6 +93,7 @@ class MonoDataset(Dataset):
     integer_scale: ClassVar[Optional[float]] = None  # default depth_scale for integer-coded files; None: required
     own_range: ClassVar[Optional[tuple[float, float]]] = None  # the data's valid depth range (metres)
     uses_eigen_crop: ClassVar[bool] = False
+    disparity_below: ClassVar[Optional[float]] = None  # TAO's relative classes: ground truth is disparity < this
 
     def __init__(self, samples: Sequence[Sample], *, train: bool, transform: TrainTransform | EvalTransform,
                  depth_scale: Optional[float] = None, gt_type: str = "depth", min_depth: Optional[float] = None,
@@ -103,7 +105,7 @@ class MonoDataset(Dataset):
         self.train = train
         self.transform = transform
         self.depth_scale = depth_scale
-        self.gt_type = gt_type
+        self.gt_type = "disparity" if self.disparity_below is not None else gt_type  # TAO: files hold disparity
         self.min_valid_pixels = int(min_valid_pixels)
         self.on_bad_sample = on_bad_sample
         self.seed = int(seed)
@@ -166,6 +168,8 @@ class MonoDataset(Dataset):
                 valid &= values >= self.min_depth
             if self.max_depth is not None:
                 valid &= values <= self.max_depth
+        if self.disparity_below is not None:  # TAO's relative classes: valid where disparity < 1000
+            valid &= values < self.disparity_below
         if self.uses_eigen_crop and not self.train:
             valid &= eigen_crop_mask(values.shape)
         positive = raw[np.isfinite(raw) & (raw > 0)]
@@ -425,6 +429,20 @@ class NYUDV2Relative(MonoDataset):
     uses_eigen_crop = True
 
 
+
+
+class TaoRelativeDataset(MonoDataset):
+    """TAO's relative mono classes named after their sources (NvCLIP, Middlebury, ...): TAO reads every one of them
+    as `BaseRelativeMonoDataset` does: the ground-truth file holds disparity (PFM, NPY or PNG, as stored) and a pixel
+    is valid where it is below 1000; the target is that disparity (`gt_type` is always disparity)."""
+
+    relative = True
+    disparity_below = 1000.0
+
+
+for _tao_name in ("NvCLIP", "Middlebury", "ThreeDVLM", "FSD", "IssacStereo", "Crestereo"):
+    register_dataset(type(_tao_name, (TaoRelativeDataset,), {"name": _tao_name, "__doc__": (
+        f"TAO's `{_tao_name}` relative mono dataset: disparity ground truth as stored, valid below 1000.")}))
 
 # --------------------------------------------------------------------------------------------------------------
 # Building from the spec

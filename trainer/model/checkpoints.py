@@ -8,6 +8,9 @@ Layouts, detected from the file's contents:
   the original metric_depth training script (keys prefixed with `module.`);
 - `lightning`: this project's Lightning checkpoints, `{'state_dict': {'model.<released key>': ...},
   'hyper_parameters': {'spec': {...}}, ...}`;
+- `dinov2`: a raw DINOv2 backbone state_dict as Meta publishes it (`dinov2_vitl14_pretrain.pth`: `cls_token`,
+  `pos_embed`, `patch_embed.*`, `blocks.*`, `norm.*`, no `pretrained.` prefix), which TAO's relative recipe uses
+  for `model.mono_backbone.pretrained_path`; its keys become `pretrained.*` (backbone only: there is no head);
 - `huggingface`: Hugging Face's `DepthAnythingForDepthEstimation` (`backbone.*`, `neck.*`, `head.*`), as a
   `.safetensors` / `.bin` file or a model folder holding one.
 
@@ -47,6 +50,8 @@ RELEASED = "released"
 ORIGINAL_TRAINING = "original-training"
 LIGHTNING = "lightning"
 HUGGINGFACE = "huggingface"
+DINOV2 = "dinov2"
+_DINOV2_MARKERS = ("patch_embed.proj.weight", "cls_token", "pos_embed")
 
 
 @dataclass
@@ -54,7 +59,7 @@ class LoadReport:
     """What `load_weights` did."""
 
     path: str
-    layout: str  # released | original-training | lightning | huggingface
+    layout: str  # released | original-training | lightning | huggingface | dinov2
     loaded: int  # tensors copied into the model
     backbone_only: bool = False
     missing: list[str] = field(default_factory=list)  # model keys the checkpoint lacks (strict=False only)
@@ -192,8 +197,17 @@ def read_checkpoint(path: PathLike) -> Checkpoint:
     if is_hf_state_dict(sd):
         layout = HUGGINGFACE
         sd = convert_hf_state_dict(sd)
+    elif _is_raw_dinov2(sd):
+        layout = DINOV2
+        sd = {f"pretrained.{k}": v for k, v in sd.items()}
     sd = convert_original_state_dict(sd)
     return Checkpoint(path=str(p), layout=layout, state_dict=sd, spec=spec, ignored=ignored)
+
+
+def _is_raw_dinov2(sd: Mapping[str, Any]) -> bool:
+    """A DINOv2 backbone saved on its own: its ViT keys at the top level, nothing of a depth model."""
+    return all(k in sd for k in _DINOV2_MARKERS) and any(k.startswith("blocks.") for k in sd) \
+        and not any(k.startswith(("pretrained.", "depth_head.")) for k in sd)
 
 
 def read_checkpoint_spec(path: PathLike) -> Optional[dict]:
