@@ -49,6 +49,7 @@ def test_the_quickstart_names_what_it_leaves_to_the_user():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_the_quickstart_runs_as_written_from_a_fresh_clone(tmp_path):
     root = fresh_copy(tmp_path / "depth-automl")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
