@@ -181,7 +181,7 @@ def test_engine_sidecar(tmp_path):
 def test_default_engine_path(tmp_path):
     onnx_file = tmp_path / "export" / "model.onnx"
     assert default_engine_path(gen_spec(), onnx_file, "BF16") == tmp_path / "export" / "model.bf16.engine"
-    assert default_engine_path(gen_spec(trt_engine="x.plan"), onnx_file, "BF16") == Path("x.plan")
+    assert default_engine_path(gen_spec(trt_engine="x.plan"), onnx_file, "BF16") == Path.cwd() / "x.plan"
     assert default_engine_path(gen_spec(results_dir=str(tmp_path / "e")), onnx_file, "FP32") == \
         tmp_path / "e" / "model.fp32.engine"
 

@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from omegaconf import DictConfig
 
+from trainer.constants import PATCH_SIZE as PATCH
 from trainer.errors import SpecError, SpecProblem, UserError
 from trainer.export import (
     INPUT_NAME,
@@ -61,7 +62,6 @@ __all__ = [
     "tensorrt_unavailable_message",
 ]
 
-PATCH = 14
 DATA_TYPES = ("BF16", "FP32", "FP16")
 LAYER_PRECISIONS = ("fp32", "fp16", "bf16")
 FP16_REFUSED_ENCODERS = ("vitl",)

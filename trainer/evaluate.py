@@ -15,6 +15,7 @@ from trainer.callbacks import StatusFile
 from trainer.metrics import MetricAccumulator
 from trainer.module import as_depth
 from trainer.runtime import Predictor, build_predictor, predict_images, resize_prediction
+from trainer.constants import RELATIVE
 
 METRIC_ORDER = ("d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog")
 
@@ -72,7 +73,7 @@ def evaluate(spec: DictConfig, *, progress: bool = True) -> dict[str, Any]:
     out = Path(spec.evaluate.results_dir or Path(spec.results_dir) / "evaluate")
     out.mkdir(parents=True, exist_ok=True)
     predictor, used = build_predictor(spec, spec.evaluate)
-    relative = used.model.model_type == "RelativeDepthAnything"
+    relative = used.model.model_type == RELATIVE
     loader = build_dataloader(used, "test_dataset", train=False, batch_size=spec.evaluate.batch_size)
     metrics = evaluate_loader(predictor, loader, relative=relative, progress=progress)
     count = int(metrics.pop("count", 0))

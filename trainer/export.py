@@ -34,6 +34,7 @@ import torch
 from omegaconf import DictConfig
 
 from trainer.errors import CheckpointError, UserError
+from trainer.constants import METRIC, PATCH_SIZE as PATCH, RELATIVE
 
 __all__ = [
     "INPUT_NAME",
@@ -64,9 +65,6 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "depth"
 MIN_OPSET = 17  # LayerNormalization is an ONNX op from opset 17 on
 SIDECAR_FORMAT = "depth-automl/onnx-export/1"
-METRIC = "MetricDepthAnything"
-RELATIVE = "RelativeDepthAnything"
-PATCH = 14
 # Tolerances of the ONNX Runtime vs PyTorch check: metric models in metres (a fraction of the depth range),
 # relative models relative to the largest output value.
 METRIC_TOLERANCE = 1e-3  # x max_depth

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from trainer.callbacks import StatusFile
 from trainer.runtime import build_predictor, predict_images, resize_prediction
+from trainer.constants import METRIC
 
 
 def colorize(depth: np.ndarray, *, metric: bool, cmap: str = "Spectral_r") -> np.ndarray:
@@ -54,7 +55,7 @@ def inference(spec: DictConfig, *, progress: bool = True) -> dict[str, Any]:
     out = Path(spec.inference.results_dir or Path(spec.results_dir) / "inference")
     out.mkdir(parents=True, exist_ok=True)
     predictor, used = build_predictor(spec, spec.inference)
-    metric = used.model.model_type == "MetricDepthAnything"
+    metric = used.model.model_type == METRIC
     loader = build_infer_dataloader(used, batch_size=spec.inference.batch_size)
     written: list[dict[str, Any]] = []
     stems: set[str] = set()

@@ -15,6 +15,7 @@ from trainer.metrics import MetricAccumulator
 from trainer.model import build_model
 from trainer.runtime import resize_prediction as resize_to
 from trainer.schedules import lr_factor_fn
+from trainer.constants import RELATIVE
 
 
 def _skips_on_device(optimizer: torch.optim.Optimizer, device: torch.device) -> bool:
@@ -37,7 +38,7 @@ class DepthModule(pl.LightningModule):
         self.save_hyperparameters({"spec": spec})
         self.spec: DictConfig = OmegaConf.create(spec)
         self.model = build_model(self.spec)
-        self.relative = self.spec.model.model_type == "RelativeDepthAnything"
+        self.relative = self.spec.model.model_type == RELATIVE
         self.loss_fn = ScaleShiftInvariantLoss() if self.relative else SiLogLoss()
         self.val_metrics = MetricAccumulator()
         self._val_losses: list[torch.Tensor] = []

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.errors import CheckpointError, UserError
+from trainer.constants import METRIC
 
 
 class Predictor(Protocol):
@@ -56,7 +57,7 @@ def checkpoint_spec(spec: DictConfig, checkpoint: str) -> DictConfig:
     plain["model"] = stored["model"]
     stored_data = stored.get("dataset", {})
     given, trained = plain["dataset"].get("max_depth"), stored_data.get("max_depth")
-    if stored["model"].get("model_type") == "MetricDepthAnything" and given is not None and trained is not None \
+    if stored["model"].get("model_type") == METRIC and given is not None and trained is not None \
             and float(given) != float(trained):
         raise UserError(f"dataset.max_depth={given} contradicts the checkpoint {checkpoint}, trained with "
                         f"max_depth={trained} (its output is sigmoid * max_depth); remove dataset.max_depth or set "
@@ -87,7 +88,7 @@ def load_model(spec: DictConfig, checkpoint: Optional[str]) -> tuple[torch.nn.Mo
     if not Path(checkpoint).is_file():
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
     used = checkpoint_spec(spec, checkpoint)
-    if used.model.model_type == "MetricDepthAnything" and used.dataset.max_depth is None:
+    if used.model.model_type == METRIC and used.dataset.max_depth is None:
         raise UserError("dataset.max_depth is needed to build a MetricDepthAnything model from a checkpoint that "
                         "does not record its training spec (released weights); e.g. dataset.max_depth=20 (indoor) "
                         "or 80 (outdoor)")
@@ -132,7 +133,7 @@ def build_predictor(spec: DictConfig, section: DictConfig) -> tuple[Predictor, D
     model, used = load_model(spec, section.checkpoint)
     device = pick_device(section.get("gpu_ids"))
     precision = spec.train.precision if device.type == "cuda" else "fp32"
-    pred = TorchPredictor(model, device, precision, is_metric=used.model.model_type == "MetricDepthAnything",
+    pred = TorchPredictor(model, device, precision, is_metric=used.model.model_type == METRIC,
                           description=f"pytorch ({device.type}, {precision}) {section.checkpoint}")
     return pred, used
 

@@ -22,6 +22,7 @@ from trainer.errors import SpecError, SpecProblem
 from trainer.config import schema, tao
 from trainer.config.paths import resolve_paths
 from trainer.config.schema import ExperimentConfig
+from trainer.constants import METRIC
 
 Notice = Callable[[str], None]
 
@@ -368,7 +369,7 @@ def _check_model(spec: DictConfig, P: list[SpecProblem], bad: Bad, origin_of) ->
 def _check_depth_range(spec: DictConfig, action: Optional[str], P: list[SpecProblem], bad: Bad, notice: Notice,
                        origin_of) -> None:
     d = spec.dataset
-    if spec.model.model_type == "MetricDepthAnything":
+    if spec.model.model_type == METRIC:
         if (d.min_depth is None or d.max_depth is None) and action == "train":
             for k in [k for k in ("min_depth", "max_depth") if d[k] is None]:
                 bad(f"dataset.{k}", "required for MetricDepthAnything (the model outputs sigmoid * max_depth and "
@@ -443,7 +444,7 @@ def _check_split(spec: DictConfig, split: str, used: bool, check_files: bool, pa
     if s.workers < 0:
         bad(f"{base}.workers", f"found {s.workers}, expected an integer >= 0")
     _check_augmentation(s.augmentation, f"{base}.augmentation", P, bad, origin_of)
-    is_metric = spec.model.model_type == "MetricDepthAnything"
+    is_metric = spec.model.model_type == METRIC
     for i, src in enumerate(s.data_sources):
         _check_source(src, f"{base}.data_sources.{i}", used, check_files, pair_check, is_metric, P, bad, origin_of)
     if not (check_files and used):

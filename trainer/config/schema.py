@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
+from trainer.constants import METRIC, MODEL_TYPES
+
 # --------------------------------------------------------------------------------------------------------------
 # Value sets (validation lists them in messages)
 # --------------------------------------------------------------------------------------------------------------
 
-MODEL_TYPES = ("MetricDepthAnything", "RelativeDepthAnything")
 TAO_STEREO_MODEL_TYPES = ("FoundationStereo", "FastFoundationStereo")
 ENCODERS = ("vits", "vitb", "vitl", "vitg", "custom")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto (ours): bf16 mixed precision on a GPU with bf16, else fp32
@@ -75,7 +76,7 @@ class CustomEncoderConfig:
 
 @dataclass
 class ModelConfig:
-    model_type: str = "MetricDepthAnything"
+    model_type: str = METRIC
     encoder: str = "vitl"
     mono_backbone: MonoBackboneConfig = field(default_factory=MonoBackboneConfig)
     custom: CustomEncoderConfig = field(default_factory=CustomEncoderConfig)  # (ours)

@@ -31,9 +31,9 @@ from omegaconf import DictConfig
 
 from trainer.config.tao_keys import MISSING
 from trainer.errors import SpecProblem
+from trainer.constants import PATCH_SIZE as PATCH
 
 Notice = Callable[[str], None]
-PATCH = 14
 SPLITS = ("train_dataset", "val_dataset", "test_dataset", "infer_dataset")
 
 # keys holding a path (`*`: any split); "" and ??? mean no path

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-PATCH = 14  # ViT patch size: network inputs are multiples of it
+from trainer.constants import PATCH_SIZE as PATCH
+
 
 
 # --------------------------------------------------------------------------------------------------------------

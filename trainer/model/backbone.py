@@ -25,7 +25,8 @@ import torch.utils.checkpoint
 from timm.layers import SwiGLUPacked
 from timm.models.vision_transformer import VisionTransformer
 
-PATCH_SIZE = 14
+from trainer.constants import PATCH_SIZE
+
 IMG_SIZE = 518  # 37 x 37 patches: the grid the position embeddings were trained on
 POS_EMBED_OFFSET = 0.1  # the original adds 0.1 to the target grid before computing the bicubic scale factor
 CUBIC_A = -0.75  # PyTorch's bicubic kernel coefficient

@@ -24,6 +24,7 @@ from trainer.model.backbone import (
     custom_encoder_config,
 )
 from trainer.model.dpt import DPTHead
+from trainer.constants import METRIC, RELATIVE
 
 __all__ = [
     "ENCODER_CONFIGS",
@@ -36,8 +37,6 @@ __all__ = [
     "to_original_state_dict",
 ]
 
-METRIC = "MetricDepthAnything"
-RELATIVE = "RelativeDepthAnything"
 
 
 class ParamGroups(NamedTuple):
