@@ -47,15 +47,17 @@ def _store_with_a_search(results: Path, trials: int = 3) -> tuple[str, list[str]
     return parent.run_id, children
 
 
-def _start_ui(results: Path, *extra: str) -> tuple[subprocess.Popen, dict[str, str]]:
-    """`automl ui RESULTS_DIR --port 0` in its own session; returns the process and the URLs it printed."""
+def _start_ui(results: Path, *extra: str, ready: bool = True) -> tuple[subprocess.Popen, dict[str, str]]:
+    """`automl ui RESULTS_DIR --port 0` in its own session; returns the process and the URLs it printed (with
+    `printed_s`: seconds until the URLs were printed, and `ready_s`: until it said the server answers)."""
+    started = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "automl.cli", "ui", str(results), "--port", "0", *extra],
                             cwd=results, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     urls: dict[str, str] = {}
     lines: list[str] = []
     deadline = time.time() + 180
-    while time.time() < deadline and "compare" not in urls:
+    while time.time() < deadline and not ("ready_s" in urls or ("printed_s" in urls and not ready)):
         line = proc.stdout.readline()
         if not line:
             break
@@ -64,7 +66,11 @@ def _start_ui(results: Path, *extra: str) -> tuple[subprocess.Popen, dict[str, s
                      r"(http\S+)", line.strip())
         if m:
             urls[m.group(1).split(" ")[0]] = m.group(2)
-    if "compare" not in urls:
+        if line.startswith("(store "):
+            urls["printed_s"] = f"{time.time() - started:.1f}"
+        if line.startswith("ready: "):
+            urls["ready_s"] = f"{time.time() - started:.1f}"
+    if "compare" not in urls or "printed_s" not in urls:
         _stop_ui(proc)
         raise AssertionError("automl ui printed no URLs:\n" + "".join(lines))
     return proc, urls
@@ -142,7 +148,37 @@ def test_links_are_the_mlflow_ui_routes():
                              "&experiments=%5B%223%22%5D")
     assert links.metric("val/loss").startswith("http://127.0.0.1:5000/#/metric?runs=%5B%22c1%22%2C%22c2%22%5D"
                                                "&metric=%22val%2Floss%22")
+    assert links.metric("val/loss").endswith("&x_axis=step"), "the objective against the epoch, not the time"
     assert Links("http://h", "3", None).compare is None
+
+
+def test_links_read_from_the_database_file_match_mlflows_own(tmp_path):
+    from automl.ui import find_links, links_from_sqlite, resolve_store
+
+    parent, children = _store_with_a_search(tmp_path)
+    fast = links_from_sqlite(tmp_path / "mlflow.db", resolve_store(tmp_path), "http://b")
+    slow = find_links(resolve_store(tmp_path), "http://b")
+    assert (fast.experiment_id, fast.run_id, fast.child_run_ids) == (slow.experiment_id, parent, children)
+
+
+def test_ui_prints_its_urls_at_once_and_ctrl_c_stops_it_and_the_server_quickly(tmp_path):
+    """The URLs come before the server answers (MLflow takes tens of seconds to start on a busy machine); Ctrl-C
+    in a terminal (SIGINT to the whole foreground process group) leaves nothing listening within seconds."""
+    _store_with_a_search(tmp_path)
+    proc, urls = _start_ui(tmp_path)
+    port = _port_of(urls["search"])
+    assert float(urls["printed_s"]) < 15, urls
+    assert float(urls["printed_s"]) <= float(urls["ready_s"])
+    assert _listening(port)
+    stopped_at = time.time()
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=15)
+    assert wait_until(lambda: not _listening(port), 15, "the server to stop")
+    took = time.time() - stopped_at
+    assert took < 8, f"automl ui and its server took {took:.1f} s to stop on Ctrl-C"
+    assert proc.returncode == 0
+    print(f"URLs printed after {urls['printed_s']} s, server ready after {urls['ready_s']} s, Ctrl-C stopped "
+          f"everything in {took:.1f} s")
 
 
 def test_ui_serves_the_store_on_loopback_prints_the_parent_run_and_stops_cleanly(tmp_path):
@@ -240,3 +276,44 @@ def test_mlflow_ui_shows_the_search_and_compares_its_trials_val_loss(tmp_path_fa
     finally:
         _stop_ui(proc)
     print(f"MLflow UI checks took {time.time() - started:.0f} s")
+
+
+# ---- what a run holds for MLflow's compare view --------------------------------------------------------------
+
+
+def test_short_aliases_are_unique_tails_of_the_dotted_names():
+    from automl.search.tracking import short_names, trial_params
+
+    assert short_names(["train.optim.lr", "train.optim.weight_decay", "model.lr", "seed"]) == \
+        {"train.optim.lr": "optim.lr", "train.optim.weight_decay": "weight_decay"}
+    assert trial_params({"train.optim.lr": 0.001}, "val/d1", "max") == \
+        {"train.optim.lr": 0.001, "lr": 0.001, "objective.metric": "val/d1", "objective.mode": "max"}
+
+
+def test_a_trial_run_logs_its_searched_values_as_params_and_its_spec_as_an_artifact(tiny_spec, tmp_path):
+    """What MLflow's compare view works on: the searched values (dotted and short) and the objective as params, a
+    handful of fixed spec keys beside them (not the whole spec: that is the artifact spec.yaml), val/loss per epoch
+    at step=epoch, and an experiment that the UI opens as model training."""
+    from mlflow.tracking import MlflowClient
+
+    from automl.search.tracking import trial_params
+    from trainer.fit import fit
+    from trainer.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, TrackingConfig, default_tracking_uri
+
+    uri = default_tracking_uri(tmp_path)
+    searched = {"train.optim.lr": 0.002, "train.optim.weight_decay": 0.01}
+    result = fit(tiny_spec(epochs=2, lr=0.002, results_dir=tmp_path / "trial"), progress=False, quiet=True,
+                 tracking=TrackingConfig(uri=uri, params=trial_params(searched, "val/loss", "min")))
+    client = MlflowClient(uri)
+    run = client.get_run(result.mlflow_run_id)
+    params = run.data.params
+    assert {k: params[k] for k in ("train.optim.lr", "lr", "weight_decay", "objective.metric", "objective.mode")} \
+        == {"train.optim.lr": "0.002", "lr": "0.002", "weight_decay": "0.01", "objective.metric": "val/loss",
+            "objective.mode": "min"}
+    assert params["model.encoder"] == "custom" and params["model.model_type"] == "MetricDepthAnything"
+    assert params["dataset.train_dataset.batch_size"] == "8" and params["train.num_epochs"] == "2"
+    assert params["dataset.train_dataset.names"] == "NYUDV2 (train.txt)" and "train.precision" in params
+    assert len(params) <= 20, sorted(params)
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["spec.yaml"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [0, 1]
+    assert client.get_experiment(run.info.experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND

@@ -18,9 +18,9 @@ import torch
 from omegaconf import DictConfig
 
 from trainer.callbacks import Reporter, RunRecorder, StatusFile, _is_tty
-from trainer.config import flatten, save_spec, to_plain
+from trainer.config import save_spec, to_plain
 from trainer.errors import CheckpointError, UserError
-from trainer.tracking import TRACKING_FAILURES_FILE, MlflowRun, TrackingConfig
+from trainer.tracking import TRACKING_FAILURES_FILE, MlflowRun, TrackingConfig, curated_params
 
 # Lightning chatter that says nothing actionable to our users
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -238,6 +238,8 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
     monitor, mode = monitor_of(spec, has_val)
     tracking = tracking or TrackingConfig()
     mlrun = MlflowRun(tracking, out, failure_log=out / TRACKING_FAILURES_FILE) if tracking.enabled else None
+    if mlrun is not None:
+        mlrun.spec_file = out / "spec.yaml"  # the whole resolved spec as an artifact; params: curated_params
     status = StatusFile(out / "status.json")
     show_bar = _is_tty() if progress is None else progress
     recorder = RunRecorder(status=status, mlflow_run=mlrun, checkpoint_dir=ckpt_dir,
@@ -319,9 +321,7 @@ def _hardware(trainer: pl.Trainer) -> dict[str, Any]:
 
 
 def _params_for_tracking(spec: DictConfig) -> dict[str, Any]:
-    plain = to_plain(spec)
-    keep = {k: plain[k] for k in ("model", "dataset", "train") if k in plain}
-    return flatten(keep)
+    return curated_params(spec)
 
 
 def _finite(x: Any) -> Optional[float]:
