@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -26,6 +27,9 @@ from trainer.tracking import TRACKING_FAILURES_FILE, MlflowRun, TrackingConfig, 
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*The number of training batches.*is smaller than the logging interval.*")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+# Lightning's advertisements ("💡 Tip: ... try installing litlogger/litmodels") on every Trainer
+for _name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(lambda record: not str(record.msg).startswith("💡 Tip"))
 
 
 @dataclass

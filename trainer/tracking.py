@@ -64,6 +64,15 @@ def curated_params(spec: Any) -> dict[str, Any]:
 TRACKING_FAILURES_FILE = "tracking_failures.log"
 
 
+def quiet_mlflow_logs() -> None:
+    """MLflow logs each new SQLite store's schema set-up at INFO ("Creating initial MLflow database tables..."):
+    routine, so only its warnings are shown."""
+    import logging
+
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def default_tracking_uri(results_dir: str | Path) -> str:
     return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
 
@@ -99,6 +108,7 @@ class MlflowRun:
         try:
             from mlflow.tracking import MlflowClient
 
+            quiet_mlflow_logs()
             self._client = MlflowClient(tracking_uri=self.uri)
             if self.run_id:
                 self._client.update_run(self.run_id, status="RUNNING")

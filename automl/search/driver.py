@@ -99,6 +99,8 @@ class TrialRecord:
 
 
 def _init_ray(address: Optional[str], results_dir: Path) -> None:
+    import logging
+
     import ray
 
     if ray.is_initialized():
@@ -108,7 +110,9 @@ def _init_ray(address: Optional[str], results_dir: Path) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        # a private local Ray, bound to loopback
+        # a private local Ray, bound to loopback; token authentication stays on (Ray's default), its notice about
+        # that on every run is not repeated
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(num_cpus=os.cpu_count() or 1, _node_ip_address="127.0.0.1", **kwargs)
 
 

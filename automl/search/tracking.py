@@ -73,7 +73,9 @@ def check_tracking_reachable(uri: str) -> None:
     from mlflow.tracking import MlflowClient
 
     from trainer.errors import UserError
+    from trainer.tracking import quiet_mlflow_logs
 
+    quiet_mlflow_logs()
     try:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - any failure here means the search cannot be tracked
