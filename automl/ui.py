@@ -43,6 +43,11 @@ class Store:
     metric: str = "val/loss"  # the search's objective
 
 
+# MLflow 3's UI starts in its GenAI view (traces, evaluations, an assistant pane) unless told otherwise; this query
+# parameter of its routes opens the model-training view (read by the UI's workflow switch, MLflow 3.17)
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
 @dataclass
 class Links:
     base: str
@@ -52,11 +57,12 @@ class Links:
 
     @property
     def experiment(self) -> str:
-        return f"{self.base}/#/experiments/{self.experiment_id}"
+        return f"{self.base}/#/experiments/{self.experiment_id}/runs?{TRAINING_VIEW}"
 
     @property
     def run(self) -> Optional[str]:
-        return f"{self.experiment}/runs/{self.run_id}" if self.run_id else None
+        return (f"{self.base}/#/experiments/{self.experiment_id}/runs/{self.run_id}?{TRAINING_VIEW}"
+                if self.run_id else None)
 
     @property
     def compare(self) -> Optional[str]:
@@ -65,7 +71,7 @@ class Links:
             return None
         runs = urllib.parse.quote(json.dumps(self.child_run_ids, separators=(",", ":")))
         exps = urllib.parse.quote(json.dumps([self.experiment_id], separators=(",", ":")))
-        return f"{self.base}/#/compare-runs?runs={runs}&experiments={exps}"
+        return f"{self.base}/#/compare-runs?runs={runs}&experiments={exps}&{TRAINING_VIEW}"
 
     def metric(self, key: str) -> Optional[str]:
         """One metric of all trials on one chart against the epoch (MLflow's metric view, x axis `step`: runs log
@@ -77,7 +83,7 @@ class Links:
         runs = q(json.dumps(self.child_run_ids, separators=(",", ":")))
         return (f"{self.base}/#/metric?runs={runs}&metric={q(json.dumps(key))}"
                 f"&experiments={q(json.dumps([self.experiment_id], separators=(',', ':')))}"
-                f"&plot_metric_keys={q(json.dumps([key], separators=(',', ':')))}&x_axis=step")
+                f"&plot_metric_keys={q(json.dumps([key], separators=(',', ':')))}&x_axis=step&{TRAINING_VIEW}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -239,7 +245,7 @@ def print_links(links: Links, store: Store) -> None:
     if links.run:
         kind = "search (parent run)" if links.child_run_ids else "run"
         print(f"{kind}: {links.run}")
-    print(f"experiment: {links.experiment}/runs")
+    print(f"experiment: {links.experiment}")
     if links.child_run_ids:
         print(f"{store.metric} of the {len(links.child_run_ids)} trials: {links.metric(store.metric)}")
     if links.compare:

@@ -143,12 +143,14 @@ def test_links_are_the_mlflow_ui_routes():
     from automl.ui import Links
 
     links = Links("http://127.0.0.1:5000", "3", "p1", ["c1", "c2"])
-    assert links.run == "http://127.0.0.1:5000/#/experiments/3/runs/p1"
+    assert links.run == "http://127.0.0.1:5000/#/experiments/3/runs/p1?workflowType=machine_learning"
     assert links.compare == ("http://127.0.0.1:5000/#/compare-runs?runs=%5B%22c1%22%2C%22c2%22%5D"
-                             "&experiments=%5B%223%22%5D")
+                             "&experiments=%5B%223%22%5D&workflowType=machine_learning")
     assert links.metric("val/loss").startswith("http://127.0.0.1:5000/#/metric?runs=%5B%22c1%22%2C%22c2%22%5D"
                                                "&metric=%22val%2Floss%22")
-    assert links.metric("val/loss").endswith("&x_axis=step"), "the objective against the epoch, not the time"
+    assert "&x_axis=step&" in links.metric("val/loss"), "the objective against the epoch, not the time"
+    assert links.experiment.endswith("/#/experiments/3/runs?workflowType=machine_learning"), \
+        "MLflow's model-training view, not its GenAI view"
     assert Links("http://h", "3", None).compare is None
 
 
@@ -186,7 +188,7 @@ def test_ui_serves_the_store_on_loopback_prints_the_parent_run_and_stops_cleanly
     proc, urls = _start_ui(tmp_path)
     try:
         exp = re.search(r"#/experiments/(\d+)/runs/", urls["search"]).group(1)
-        assert urls["search"].endswith(f"/#/experiments/{exp}/runs/{parent}")
+        assert urls["search"].endswith(f"/#/experiments/{exp}/runs/{parent}?workflowType=machine_learning")
         port = _port_of(urls["search"])
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
             assert r.read().decode().strip() == "OK"
@@ -223,7 +225,7 @@ def test_mlflow_ui_shows_the_search_and_compares_its_trials_val_loss(tmp_path_fa
     proc, urls = _start_ui(results)
     started = time.time()
     try:
-        assert urls["search"].endswith(f"/runs/{parent}")
+        assert urls["search"].endswith(f"/runs/{parent}?workflowType=machine_learning")
         base = urls["search"].split("/#/")[0]
         exp = re.search(r"#/experiments/(\d+)/", urls["search"]).group(1)
         with chromium(1600, 1000) as driver:
@@ -235,7 +237,7 @@ def test_mlflow_ui_shows_the_search_and_compares_its_trials_val_loss(tmp_path_fa
             screenshot(driver, "mlflow-parent-run.png")
 
             # the experiment's runs: the parent, expanded, lists every trial as a child
-            driver.get(f"{base}/#/experiments/{exp}/runs")
+            driver.get(urls["experiment"])
             wait_for(driver, "return document.querySelector(`[row-id='${arguments[0]}']`)", parent,
                      what="the parent run's row")
             wait_for(driver, """
@@ -282,16 +284,18 @@ def test_mlflow_ui_shows_the_search_and_compares_its_trials_val_loss(tmp_path_fa
 
 
 def test_short_aliases_are_unique_tails_of_the_dotted_names():
-    from automl.search.tracking import short_names, trial_params
+    from automl.search.tracking import searched_tag, short_names, trial_params
 
     assert short_names(["train.optim.lr", "train.optim.weight_decay", "model.lr", "seed"]) == \
         {"train.optim.lr": "optim.lr", "train.optim.weight_decay": "weight_decay"}
     assert trial_params({"train.optim.lr": 0.001}, "val/d1", "max") == \
-        {"train.optim.lr": 0.001, "lr": 0.001, "objective.metric": "val/d1", "objective.mode": "max"}
+        {"train.optim.lr": 0.001, "objective.metric": "val/d1", "objective.mode": "max"}
+    assert searched_tag({"train.optim.lr": 0.00123456, "model.encoder": "vits"}) == \
+        {"searched": "lr=0.001235, encoder=vits"}
 
 
 def test_a_trial_run_logs_its_searched_values_as_params_and_its_spec_as_an_artifact(tiny_spec, tmp_path):
-    """What MLflow's compare view works on: the searched values (dotted and short) and the objective as params, a
+    """What MLflow's compare view works on: the searched values (dotted names) and the objective as params, a
     handful of fixed spec keys beside them (not the whole spec: that is the artifact spec.yaml), val/loss per epoch
     at step=epoch, and an experiment that the UI opens as model training."""
     from mlflow.tracking import MlflowClient
@@ -307,8 +311,9 @@ def test_a_trial_run_logs_its_searched_values_as_params_and_its_spec_as_an_artif
     client = MlflowClient(uri)
     run = client.get_run(result.mlflow_run_id)
     params = run.data.params
-    assert {k: params[k] for k in ("train.optim.lr", "lr", "weight_decay", "objective.metric", "objective.mode")} \
-        == {"train.optim.lr": "0.002", "lr": "0.002", "weight_decay": "0.01", "objective.metric": "val/loss",
+    assert {k: params[k] for k in ("train.optim.lr", "train.optim.weight_decay", "objective.metric",
+                                   "objective.mode")} \
+        == {"train.optim.lr": "0.002", "train.optim.weight_decay": "0.01", "objective.metric": "val/loss",
             "objective.mode": "min"}
     assert params["model.encoder"] == "custom" and params["model.model_type"] == "MetricDepthAnything"
     assert params["dataset.train_dataset.batch_size"] == "8" and params["train.num_epochs"] == "2"

@@ -37,21 +37,19 @@ def short_names(names: Sequence[str]) -> dict[str, str]:
 
 def trial_params(config: Mapping[str, Any], metric: str, mode: str) -> dict[str, Any]:
     """The params of a trial's MLflow run that its spec does not show: the searched values under their dotted
-    names and a short alias (`train.optim.lr` and `lr`), and the objective (`objective.metric`, `objective.mode`),
-    so that MLflow's compare view and parallel coordinates plot work on what was searched."""
-    params: dict[str, Any] = dict(config)
-    for name, alias in short_names(list(config)).items():
-        if alias not in params:
-            params[alias] = config[name]
-    params.update({"objective.metric": metric, "objective.mode": mode})
-    return params
+    names and the objective (`objective.metric`, `objective.mode`), so that MLflow's compare view and parallel
+    coordinates plot work on what was searched. (Short aliases go in the `searched` tag, not in params: MLflow's
+    parallel coordinates plot would show each parameter twice.)"""
+    return {**config, "objective.metric": metric, "objective.mode": mode}
 
-# MLflow's HTTP client retries a failed request 7 times with exponential back-off: against a server that is down one
-# call takes about 4 minutes. A search makes such calls at its start, in every trial (each epoch) and at its end, so
-# it bounds them (2 retries after 1 s and 2 s, 15 s per attempt): training never waits long on tracking. The user's
-# own MLFLOW_HTTP_REQUEST_* settings win.
-FAST_FAIL_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+def searched_tag(config: Mapping[str, Any]) -> dict[str, str]:
+    """The `searched` tag: the trial's values under their short aliases (`lr=0.001, weight_decay=0.01`), one
+    column of MLflow's runs table."""
+    aliases = short_names(list(config))
+    text = ", ".join(f"{aliases.get(k, k)}={v:.4g}" if isinstance(v, float) else f"{aliases.get(k, k)}={v}"
+                     for k, v in config.items())
+    return {"searched": text} if text else {}
 
 
 def http_retry_settings(environ: Optional[Mapping[str, str]] = None) -> dict[str, str]:
