@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import chromium, needs_chromium, run_real_search, screenshot, summary_of, wait_for
+from tests.browser import (artifacts_dir, chromium, needs_chromium, run_real_search, screenshot, summary_of,
+                           wait_for)
 
 PLOTS = ("learning-curves", "all-metrics", "timeline", "wall-time", "parallel-coordinates", "optimization-history",
          "param-importances")
@@ -357,8 +358,7 @@ def test_report_renders_in_headless_chromium_and_hover_shows_values(finished, tm
     report = write_report(results)
     _plots, hover, _ = _check_in_browser(report.html, "report.png", PLOTS)
     assert "epoch 1" in hover and "val/loss = 0.5" in hover, hover
-    shot = Path(screenshot.__globals__["artifacts_dir"]()) / "report.png"
-    assert shot.stat().st_size > 50_000
+    assert (artifacts_dir() / "report.png").stat().st_size > 50_000
 
 
 @pytest.mark.slow

@@ -221,6 +221,17 @@ def test_mlflow_ui_shows_the_search_and_compares_its_trials_val_loss(tmp_path_fa
     child_runs = {r.info.run_id: r.data.tags["automl.trial_id"] for r in client.search_runs(
         [client.get_run(parent).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")}
     assert sorted(child_runs.values()) == trial_ids
+    from automl.search.tracking import RUN_STATUS
+
+    states = {t["trial_id"]: t["state"] for t in summary["trials"]}
+    for run_id, trial_id in child_runs.items():
+        run = client.get_run(run_id)
+        params = run.data.params
+        assert {"train.optim.lr", "train.optim.weight_decay", "objective.metric", "model.encoder"} <= set(params)
+        assert len(params) <= 20, f"a handful of params, not the whole spec: {sorted(params)}"
+        assert run.data.tags["trial_state"] == states[trial_id] == run.data.tags["automl.trial_state"]
+        assert run.info.status == RUN_STATUS[states[trial_id]]
+        assert "spec.yaml" in [a.path for a in client.list_artifacts(run_id)]
 
     proc, urls = _start_ui(results)
     started = time.time()
@@ -259,8 +270,13 @@ def test_mlflow_ui_shows_the_search_and_compares_its_trials_val_loss(tmp_path_fa
             driver.get(urls["compare"])
             wait_for(driver, "return document.body.innerText.includes(arguments[0])",
                      f"Comparing {len(trial_ids)} Runs", what="the compare view")
-            wait_for(driver, "return document.querySelector('.js-plotly-plot .main-svg')",
-                     what="the compare view's parallel coordinates plot")
+            axes = wait_for(driver, """
+                const labels = Array.from(document.querySelectorAll('.js-plotly-plot .axis-title'));
+                return labels.length ? labels.map(l => l.textContent) : null;""",
+                            what="the compare view's parallel coordinates plot")
+            sidebar = driver.execute_script("return document.body.innerText")
+            assert {"train.optim.lr", "train.optim.weight_decay"} <= set(axes), axes  # what was searched
+            assert "Model registry" in sidebar and "Evaluation runs" not in sidebar, "model-training view, not GenAI"
             screenshot(driver, "mlflow-compare.png")
             href = wait_for(driver, """
                 const a = Array.from(document.querySelectorAll('a')).find(a => a.innerText.trim() === 'val/loss');
@@ -273,6 +289,11 @@ def test_mlflow_ui_shows_the_search_and_compares_its_trials_val_loss(tmp_path_fa
                               len(scored), scored, what="the val/loss chart with one curve per scored trial")
             title = driver.execute_script("return document.body.innerText")
             screenshot(driver, "mlflow-compare-val-loss.png")
+            driver.get(urls["val/loss"])  # the link automl ui prints: the objective against the epoch
+            x_title = wait_for(driver, """
+                const t = document.querySelector('.js-plotly-plot .xtitle');
+                return t && t.textContent;""", what="the printed val/loss link's chart")
+            assert x_title == "Step", x_title
         assert sorted(legend) == scored
         assert f"Comparing {len(scored)} Runs" in title  # the runs that have val/loss
     finally:

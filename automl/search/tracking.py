@@ -52,6 +52,14 @@ def searched_tag(config: Mapping[str, Any]) -> dict[str, str]:
     return {"searched": text} if text else {}
 
 
+# MLflow's HTTP client retries a failed request 7 times with exponential back-off: against a server that is down one
+# call takes about 4 minutes. A search makes such calls at its start, in every trial (each epoch) and at its end, so
+# it bounds them (2 retries after 1 s and 2 s, 15 s per attempt): training never waits long on tracking. The user's
+# own MLFLOW_HTTP_REQUEST_* settings win.
+FAST_FAIL_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
 def http_retry_settings(environ: Optional[Mapping[str, str]] = None) -> dict[str, str]:
     """The MLflow HTTP retry settings of a search: FAST_FAIL_HTTP under the user's own MLFLOW_HTTP_REQUEST_* values."""
     environ = os.environ if environ is None else environ
