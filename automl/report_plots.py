@@ -432,12 +432,25 @@ def importances_figure(study: Any, metric: str) -> tuple[Any, Optional[str]]:
     return fig, note
 
 
+def _why(t: Mapping[str, Any]) -> str:
+    """A trial's end in words: the recorded reason, and for a diverged trial where it diverged and with what."""
+    reason = str(t.get("reason") or "(no reason recorded)")
+    if t.get("state") != "pruned":
+        return reason
+    where = next((h for h in reversed(t.get("history") or []) if h.get("diverged_epoch") is not None), None)
+    at = (f" in epoch {int(where['diverged_epoch']) + 1}" + (f", step {int(where['diverged_step'])}"
+                                                             if where.get("diverged_step") is not None else "")
+          ) if where else ""
+    values = ", ".join(f"{k.split('.')[-1]}={v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                       for k, v in (t.get("params") or {}).items())
+    return f"the loss became NaN/inf{at}" + (f" with {values}" if values else "") + f" ({reason})"
+
+
 def problems(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Trials that failed or were pruned, and orphaned ones, with their reason (for the report's first screen)."""
-    out = [{"trial_id": t["trial_id"], "state": t.get("state"), "reason": t.get("reason") or "(no reason recorded)",
+    out = [{"trial_id": t["trial_id"], "state": t.get("state"), "reason": _why(t),
             "results_dir": t.get("results_dir")} for t in summary.get("trials") or []
            if t.get("state") in ("error", "pruned")]
     out += [{"trial_id": o.get("trial_id"), "state": "orphaned", "reason": o.get("reason"),
              "results_dir": o.get("results_dir")} for o in summary.get("orphaned_trials") or []]
     return out
-

@@ -162,7 +162,8 @@ def test_a_failed_trials_reason_is_on_the_first_screen(finished, tmp_path):
     assert body.index('id="problems"') < body.index('id="winner"') < body.index('id="leaderboard"')
     assert "2 trials did not finish normally" in problems
     assert "aaaa0003" in problems and "CUDA out of memory (tried 2.1 GiB)" in problems
-    assert "aaaa0004" in problems and "non_finite_loss" in problems
+    assert "aaaa0004" in problems and ("the loss became NaN/inf in epoch 1, step 1 with lr=8, weight_decay=0.0003 "
+                                       "(non_finite_loss)") in problems
     assert str(finished / "trials" / "aaaa0003") in problems, "where to look"
 
 
