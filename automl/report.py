@@ -437,7 +437,8 @@ def _interactive(summary: Mapping[str, Any], results: Path) -> list[tuple[str, s
          "One bar per trial from its start to its end, on the GPU it ran on (a row per concurrent slot on a "
          "machine without GPUs). Gaps are time the search left a device idle.", lambda: rp.timeline_figure(summary)),
         ("wall-time", "Time per trial",
-         "Wall time of each trial (its GPU time in the hover where trials had GPUs).",
+         "Wall time of each trial: grey the start-up before its training began (a Ray worker, imports, data), "
+         "coloured the training; its GPU time in the hover where trials had GPUs.",
          lambda: rp.wall_time_figure(summary)),
         ("parallel-coordinates", "Parameters against the objective",
          f"Each line is a trial with a finite {_e(metric)}, across its searched parameters, coloured by the "

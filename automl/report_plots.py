@@ -218,8 +218,10 @@ def trial_times(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
             devices = [f"GPU {d.strip()}" for d in visible.split(",") if d.strip()]
         else:
             devices = []
+        fit_start = _finite(fit.get("started_at"))
         out.append({"trial_id": t["trial_id"], "state": t.get("state", "running"), "start": start,
-                    "end": max(end, start), "devices": devices, "node": (reports[-1].get("node_id") or "")[:8]
+                    "end": max(end, start), "devices": devices,
+                    "fit_start": fit_start if fit_start is not None and fit_start > start else None, "node": (reports[-1].get("node_id") or "")[:8]
                     if reports else "", "gpus": float((summary.get("resources_per_trial") or {}).get("gpu") or 0)})
     return out
 
@@ -272,7 +274,8 @@ def timeline_figure(summary: Mapping[str, Any]) -> Any:
 
 
 def wall_time_figure(summary: Mapping[str, Any]) -> Any:
-    """Wall time of each trial (GPU time = wall time x GPUs per trial, in the hover where trials had GPUs)."""
+    """Wall time of each trial, split where its fit.json says when training began: start-up (Ray worker, imports,
+    data) and training; GPU time (wall time x GPUs per trial) in the hover where trials had GPUs."""
     import plotly.graph_objects as go
 
     times = {t["trial_id"]: t for t in trial_times(summary)}
@@ -282,15 +285,22 @@ def wall_time_figure(summary: Mapping[str, Any]) -> Any:
     colours = trial_colours(trials)
     gpus = float((summary.get("resources_per_trial") or {}).get("gpu") or 0)
     winner = (summary.get("winner") or {}).get("trial_id")
-    secs = [times[t["trial_id"]]["end"] - times[t["trial_id"]]["start"] for t in trials]
-    extra = [f"<br>GPU time {s * gpus / 60:.1f} GPU-min ({gpus:g} GPU)" if gpus else "<br>no GPU" for s in secs]
-    fig = go.Figure(go.Bar(
-        x=[trial_label(t, winner) for t in trials], y=secs, marker_color=[colours[t["trial_id"]] for t in trials],
-        customdata=[[STATE_TEXT.get(t.get("state", ""), t.get("state")), t.get("epochs"), e]
-                    for t, e in zip(trials, extra)],
-        hovertemplate="<b>%{x}</b> (%{customdata[0]})<br>wall time %{y:.1f} s, %{customdata[1]} epochs"
-                      "%{customdata[2]}<extra></extra>"))
-    fig.update_layout(**LAYOUT, height=360, yaxis_title="wall time [s]", xaxis_title="trial")
+    names = [trial_label(t, winner) for t in trials]
+    spans = [times[t["trial_id"]] for t in trials]
+    setup = [(s["fit_start"] - s["start"]) if s["fit_start"] else 0.0 for s in spans]
+    total = [s["end"] - s["start"] for s in spans]
+    extra = [f"<br>GPU time {w * gpus / 60:.1f} GPU-min ({gpus:g} GPU)" if gpus else "" for w in total]
+    data = [[STATE_TEXT.get(t.get("state", ""), t.get("state")), t.get("epochs"), e, w, u]
+            for t, e, w, u in zip(trials, extra, total, setup)]
+    hover = ("<b>%{x}</b> (%{customdata[0]})<br>wall time %{customdata[3]:.1f} s, of which start-up "
+             "%{customdata[4]:.1f} s; %{customdata[1]} epochs%{customdata[2]}<extra></extra>")
+    fig = go.Figure([
+        go.Bar(x=names, y=setup, name="start-up (worker, imports, data)", marker_color="#c7c7c7", customdata=data,
+               hovertemplate=hover),
+        go.Bar(x=names, y=[w - u for w, u in zip(total, setup)], name="training and validation",
+               marker_color=[colours[t["trial_id"]] for t in trials], customdata=data, hovertemplate=hover)])
+    fig.update_layout(**LAYOUT, height=380, barmode="stack", yaxis_title="wall time [s]", xaxis_title="trial",
+                      legend=dict(orientation="h", y=1.12))
     return fig
 
 

@@ -215,8 +215,10 @@ def test_timeline_puts_concurrent_trials_on_different_slots_and_trials_on_their_
     summary["resources_per_trial"]["gpu"] = 1
     rows = sorted((b.name, b.y[0]) for b in timeline_figure(summary).data)
     assert rows[:4] == [("aaaa0001", "GPU 0"), ("aaaa0002", "GPU 1"), ("aaaa0003", "GPU 0"), ("aaaa0003", "GPU 1")]
-    walls = wall_time_figure(summary).data[0]
-    assert "GPU time" in walls.customdata[0][2]
+    setup, training = wall_time_figure(summary).data
+    assert "GPU time" in training.customdata[0][2]
+    # aaaa0001 ran from T0 (its first report, 15 s in, minus 15 s) to T0 + 120 s, training from T0 + 100 s
+    assert (setup.y[0], training.y[0]) == (100.0, 20.0)
 
 
 def test_parallel_coordinates_span_the_searched_range_on_log_axes_with_short_names(finished):
