@@ -243,7 +243,7 @@ def _report_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("results_dir", metavar="RESULTS_DIR", help="the results_dir of a finished `automl run`")
     p.add_argument("--num-images", type=int, default=4,
                    help="validation images shown with the winner's predictions (default 4; 0 leaves them out)")
-    p.add_argument("--out", metavar="DIR", help="where to write report.html and the PNGs (default RESULTS_DIR/report)")
+    p.add_argument("--out", metavar="DIR", help="where to write report.html and predictions.png (default RESULTS_DIR/report)")
 
 
 def _report_run(args: argparse.Namespace) -> int:
@@ -256,7 +256,7 @@ def _report_run(args: argparse.Namespace) -> int:
                           predictions=args.num_images > 0)
     for key, note in report.notes.items():
         print(f"{key}: {note}", file=sys.stderr)
-    print(f"wrote {report.html} ({sum(1 for f in report.figures if f.png)} figures, PNGs beside it)")
+    print(f"wrote {report.html} ({sum(1 for f in report.figures if f.drawn)} figures; opens offline)")
     return 0
 
 

@@ -1,18 +1,17 @@
-"""The report of a finished search: one self-contained HTML file a person can look at, plus its figures as PNGs.
+"""The report of a finished search: one self-contained HTML file a person can look at, interactive and offline.
 
-`write_report(RESULTS_DIR)` reads what `automl run` left there (summary.json, the Optuna study in optuna.db, the
-winner's checkpoint and spec in best/) and writes RESULTS_DIR/report/:
+`write_report(RESULTS_DIR)` reads what `automl run` left there (summary.json, the trials' folders, the Optuna
+study in optuna.db, the winner's checkpoint and spec in best/) and writes RESULTS_DIR/report/:
 
-    report.html                 every figure embedded (base64), so the file can be mailed or attached alone
-    learning_curves.png         the objective (and train_loss) per epoch of every trial; scheduler-stopped
-                                trials grey, trials pruned for a non-finite loss red, the winner bold
-    optimization_history.png    Optuna: objective per trial and the best so far
-    parallel_coordinates.png    Optuna: parameters against the objective
-    param_importances.png       Optuna: fANOVA importances (needs >= 2 completed trials that differ)
-    predictions.png             the winner on validation images: RGB | ground truth | prediction | |error|
+    report.html        plotly.js and every figure inside (no network needed: it can be mailed or attached alone)
+    predictions.png    the winner on validation images: RGB | ground truth | prediction | |error| (also embedded)
 
-A figure that cannot be drawn (too few trials, a missing checkpoint, data that moved) becomes a note in the
-report saying why; the rest is still written. `automl run` calls `report_after_search` at its end.
+The first screen holds the tiles, the trials that failed or were pruned with their reasons, and the winner. Then
+the leaderboard (baseline and winner marked) and the interactive figures (automl.report_plots, Plotly): learning
+curves of the objective, curves of every logged metric, the trial timeline per device, wall time per trial, and
+the Optuna study's history, parallel coordinates and importances (with their spread, and a note when the trials
+are few). A figure that cannot be drawn (too few trials, a missing checkpoint, data that moved) becomes a note
+saying why; the rest is still written. `automl run` calls `report_after_search` at its end.
 """
 
 from __future__ import annotations
@@ -24,32 +23,34 @@ import json
 import math
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+from automl.report_plots import STATE_COLOURS, STATE_TEXT
 from trainer.errors import UserError
 
 REPORT_DIR = "report"
 REPORT_FILE = "report.html"
 DPI = 100
 
-STATE_COLOURS = {"completed": "#1f77b4", "stopped": "#9e9e9e", "pruned": "#d62728", "error": "#000000",
-                 "running": "#ff7f0e"}
-STATE_TEXT = {"completed": "completed", "stopped": "stopped by the scheduler", "pruned": "pruned (non-finite loss)",
-              "error": "error", "running": "unfinished"}
-
 
 @dataclass
 class Figure:
-    """One section of the report: a PNG, or a note saying why it could not be drawn."""
+    """One section of the report: an interactive Plotly figure (`plot`, an HTML fragment) or a PNG, or a `note`
+    saying why it could not be drawn; `remark`: a caveat shown above a figure that was drawn."""
 
     key: str
     title: str
     caption: str
     png: Optional[Path] = None
     note: Optional[str] = None
+    plot: Optional[str] = None
+    remark: Optional[str] = None
+
+    @property
+    def drawn(self) -> bool:
+        return self.png is not None or self.plot is not None
 
 
 @dataclass
@@ -119,12 +120,6 @@ def _save(fig: Any, path: Path, dpi: int = DPI, palette: bool = False) -> Path:
     return path
 
 
-def _close(fig: Any) -> None:
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-
-
 def _short(name: str) -> str:
     return name.split(".")[-1]
 
@@ -137,134 +132,6 @@ def _fmt(v: Any, digits: int = 4) -> str:
     if isinstance(v, float):
         return f"{v:.{digits}g}" if math.isfinite(v) else str(v)
     return str(v)
-
-
-def learning_curves(summary: Mapping[str, Any], out: Path) -> Path:
-    return _save(learning_curves_figure(summary), out)
-
-
-def learning_curves_figure(summary: Mapping[str, Any]) -> Any:
-    """Objective and train_loss per epoch of every trial, coloured by how the trial ended."""
-    from matplotlib.figure import Figure as MplFigure
-    from matplotlib.lines import Line2D
-    from matplotlib.transforms import blended_transform_factory
-
-    metric = summary["objective"]["metric"]
-    trials = summary.get("trials") or []
-    winner = (summary.get("winner") or {}).get("trial_id")
-    has_train = any(h.get("train_loss") is not None for t in trials for h in t.get("history") or [])
-    panels = [(metric, f"{metric} (objective)")] + ([("train_loss", "train_loss")] if has_train else [])
-    fig = MplFigure(figsize=(5.6 * len(panels) + 2.2, 4.4), layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    palette = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#ff7f0e"]
-    completed_ids = [t["trial_id"] for t in trials if t.get("state") == "completed"]
-    label_ids = len(trials) <= 12
-    for ax, (key, title) in zip(axes, panels):
-        top = blended_transform_factory(ax.transData, ax.transAxes)
-        for t in trials:
-            state = t.get("state", "running")
-            hist = [h for h in t.get("history") or [] if isinstance(h.get("epoch"), (int, float))]
-            pts = [(int(h["epoch"]) + 1, float(h[key])) for h in hist
-                   if isinstance(h.get(key), (int, float)) and math.isfinite(float(h[key]))]
-            if state == "completed":
-                colour = palette[completed_ids.index(t["trial_id"]) % len(palette)]
-            else:
-                colour = STATE_COLOURS.get(state, "#ff7f0e")
-            is_winner = t["trial_id"] == winner
-            style = dict(color=colour, lw=2.8 if is_winner else 1.3, alpha=1.0 if state != "stopped" else 0.75,
-                         ls="--" if state == "error" else "-", marker="o", ms=3.5, zorder=3 if is_winner else 2)
-            if pts:
-                xs, ys = zip(*pts)
-                ax.plot(xs, ys, label=(t["trial_id"] + (" (winner)" if is_winner else "")) if label_ids else None,
-                        **style)
-                if is_winner and key == metric and t.get("best_epoch") is not None:
-                    best_x = int(t["best_epoch"]) + 1
-                    best_y = next((y for x, y in pts if x == best_x), None)
-                    if best_y is not None:
-                        ax.plot([best_x], [best_y], marker="*", ms=16, color=colour, mec="black", zorder=4)
-            if state == "pruned":
-                last = next((h for h in reversed(t.get("history") or []) if h.get("diverged_epoch") is not None),
-                            None)
-                x = int(last["diverged_epoch"]) + 1 if last else (pts[-1][0] + 1 if pts else 1)
-                ax.plot([x], [1.0], transform=top, marker="X", ms=11, color=STATE_COLOURS["pruned"],
-                        mec="white", clip_on=False, zorder=5)
-                if not pts and label_ids:
-                    ax.plot([], [], color=STATE_COLOURS["pruned"], marker="X", ls="none",
-                            label=f"{t['trial_id']} (diverged)")
-        ax.set_title(title)
-        ax.set_xlabel("epochs trained")
-        ax.set_ylabel(key)
-        ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    handles, labels = axes[0].get_legend_handles_labels()
-    if label_ids and handles:
-        fig.legend(handles, labels, loc="outside right upper", fontsize=8, title="trial", title_fontsize=8)
-    keys = [Line2D([], [], color=STATE_COLOURS["completed"], lw=1.5, label="completed"),
-            Line2D([], [], color=STATE_COLOURS["stopped"], lw=1.5, label=STATE_TEXT["stopped"]),
-            Line2D([], [], color=STATE_COLOURS["pruned"], marker="X", lw=1.5, label="pruned: loss became NaN/inf (X)"),
-            Line2D([], [], color="black", lw=2.8, marker="*", ms=10, label="winner (star: best epoch)")]
-    fig.legend(handles=keys, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
-    return fig
-
-
-def _optuna_plot(plot: Callable[..., Any], study: Any, metric: str, out: Path, *, width: Optional[float] = None,
-                 title: Optional[str] = None, background: Optional[str] = None) -> Path:
-    import matplotlib
-
-    with warnings.catch_warnings(), matplotlib.rc_context():  # Optuna's own style, not leaking into ours
-        warnings.simplefilter("ignore")  # optuna.exceptions.ExperimentalWarning for the matplotlib backend
-        ax = plot(study, target_name=metric)
-    axes = ax.ravel() if hasattr(ax, "ravel") else [ax]
-    fig = axes[0].figure
-    try:
-        if width:
-            fig.set_size_inches(width, fig.get_size_inches()[1])
-        if title:
-            axes[0].set_title(title)
-        if background:
-            axes[0].set_facecolor(background)
-        return _save(fig, out)
-    finally:
-        _close(fig)
-
-
-def _completed(study: Any) -> list[Any]:
-    import optuna
-
-    return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-
-
-def optimization_history(study: Any, metric: str, out: Path) -> Path:
-    from optuna.visualization.matplotlib import plot_optimization_history
-
-    if not _completed(study):
-        raise ValueError("no completed trial in the Optuna study")
-    return _optuna_plot(plot_optimization_history, study, metric, out, width=8.5)
-
-
-def parallel_coordinates(study: Any, metric: str, out: Path) -> Path:
-    from optuna.visualization.matplotlib import plot_parallel_coordinate
-
-    done = _completed(study)
-    if not done:
-        raise ValueError("no completed trial in the Optuna study")
-    n_params = len({p for t in done for p in t.params})
-    # grey behind the lines: Optuna colours the worst trial near-white
-    return _optuna_plot(plot_parallel_coordinate, study, metric, out, width=max(8.5, 1.5 * (n_params + 1)),
-                        background="#e6e6e6")
-
-
-def param_importances(study: Any, metric: str, out: Path) -> Path:
-    from optuna.visualization.matplotlib import plot_param_importances
-
-    done = _completed(study)
-    if len(done) < 2:
-        raise ValueError(f"parameter importances need at least 2 completed trials; this search has {len(done)}")
-    varied = {p for p in done[0].params if len({repr(t.params.get(p)) for t in done}) > 1}
-    if not varied:
-        raise ValueError("the completed trials all share the same parameter values, so no parameter's effect can "
-                         "be told apart")
-    return _optuna_plot(plot_param_importances, study, metric, out, width=8.5)
 
 
 def winner_predictions(results: Path, summary: Mapping[str, Any], out: Path, num_images: int = 4) -> Path:
@@ -366,22 +233,33 @@ body { font-family: -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif
 main { max-width: 1400px; margin: 0 auto; padding: 24px 32px 48px; }
 h1 { font-size: 24px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 32px 0 8px; }
 .sub { color: #5f6368; margin: 0 0 16px; }
+nav a { margin-right: 12px; font-size: 13px; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; }
 .card { background: white; border: 1px solid #e1e4e8; border-radius: 8px; padding: 12px 16px; min-width: 150px; }
 .card .k { color: #5f6368; font-size: 12px; } .card .v { font-size: 20px; font-weight: 600; }
 table { border-collapse: collapse; background: white; font-size: 13px; }
 th, td { border-bottom: 1px solid #e1e4e8; padding: 5px 10px; text-align: right; white-space: nowrap; }
 th { background: #f0f2f5; position: sticky; top: 0; } td.l, th.l { text-align: left; }
+td.wrap { white-space: normal; max-width: 420px; }
 tr.winner td { background: #fff7d6; font-weight: 600; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; color: white; font-size: 12px; }
+.mark { display: inline-block; padding: 0 6px; margin-left: 6px; border-radius: 4px; font-size: 11px;
+        border: 1px solid #888; color: #333; background: #eef0f3; font-weight: normal; }
 .tablewrap { overflow-x: auto; border: 1px solid #e1e4e8; border-radius: 8px; }
 figure { background: white; border: 1px solid #e1e4e8; border-radius: 8px; margin: 0 0 16px; padding: 12px; }
 figure img { max-width: 100%; height: auto; display: block; margin: 0 auto; }
 figcaption { color: #5f6368; font-size: 13px; margin-top: 8px; }
-.note { background: #fff4e5; border-left: 4px solid #f0a030; padding: 10px 14px; margin: 0; }
+.note { background: #fff4e5; border-left: 4px solid #f0a030; padding: 10px 14px; margin: 0 0 8px; }
+.problems { background: #fdecea; border-left: 4px solid #d62728; padding: 10px 14px; margin: 16px 0 0;
+            border-radius: 4px; }
+.problems h2 { margin: 0 0 6px; font-size: 16px; } .problems table { background: transparent; }
+.problems td { white-space: normal; vertical-align: top; }
 code { background: #eef0f3; padding: 1px 5px; border-radius: 4px; font-size: 12px; }
 ul.files { font-size: 13px; }
 """
+
+PLOT_ORDER = ["learning-curves", "predictions", "all-metrics", "timeline", "wall-time", "optimization-history",
+              "parallel-coordinates", "param-importances"]
 
 
 def _e(v: Any) -> str:
@@ -394,9 +272,15 @@ def _img(path: Path) -> str:
 
 
 def _figure_html(f: Figure) -> str:
-    body = _img(f.png) if f.png is not None else f'<p class="note">{_e(f.note)}</p>'
-    cls = "figure" if f.png is not None else "figure missing"
-    return (f'<h2 id="{f.key}">{_e(f.title)}</h2>\n<figure class="{cls}" data-key="{f.key}">{body}'
+    if f.plot is not None:
+        body = f.plot
+    elif f.png is not None:
+        body = _img(f.png)
+    else:
+        body = f'<p class="note">{_e(f.note)}</p>'
+    remark = f'<p class="note remark">{_e(f.remark)}</p>' if f.remark else ""
+    cls = "figure" if f.drawn else "figure missing"
+    return (f'<h2 id="{f.key}">{_e(f.title)}</h2>\n<figure class="{cls}" data-key="{f.key}">{remark}{body}'
             f"<figcaption>{f.caption}</figcaption></figure>")
 
 
@@ -406,36 +290,53 @@ def _ordered(trials: Sequence[Mapping[str, Any]], mode: str) -> list[Mapping[str
 
 
 def leaderboard_html(summary: Mapping[str, Any]) -> str:
+    """The trials ranked by their best objective; the winner's row highlighted, winner and baseline marked beside
+    the trial id, and why a trial ended (when not completed) right after its state."""
     metric, mode = summary["objective"]["metric"], summary["objective"]["mode"]
     names = list(summary.get("search_space") or {})
     winner = (summary.get("winner") or {}).get("trial_id")
-    head = ["#", "trial", "state", "epochs", f"{metric} (best)", "best epoch"] + [_short(n) for n in names] + ["note"]
-    left = {1, 2, len(head) - 1}
+    head = ["#", "trial", "state", "why it ended", "epochs", f"{metric} (best)", "best epoch"] + \
+        [_short(n) for n in names]
+    left = {1, 2, 3}
     out = ['<div class="tablewrap"><table id="leaderboard"><thead><tr>']
-    out += [f'<th class="{"l" if i in left else ""}" title="{_e(names[i - 6]) if 6 <= i < 6 + len(names) else ""}">'
+    out += [f'<th class="{"l" if i in left else ""}" title="{_e(names[i - 7]) if 7 <= i < 7 + len(names) else ""}">'
             f"{_e(h)}</th>" for i, h in enumerate(head)]
     out.append("</tr></thead><tbody>")
     for rank, t in enumerate(_ordered(summary.get("trials") or [], mode), 1):
         state = t.get("state", "?")
         marks = []
         if t.get("trial_id") == winner:
-            marks.append("winner")
+            marks.append('<span class="mark winner-mark">winner</span>')
         if t.get("baseline"):
-            marks.append("baseline: the spec's own values")
-        if t.get("reason") and state != "stopped":
-            marks.append(str(t["reason"]))
+            marks.append('<span class="mark baseline-mark" title="the spec\'s own values">baseline</span>')
+        why = "" if state == "completed" else str(t.get("reason") or "")
         colour = STATE_COLOURS.get(state, "#ff7f0e")
-        cells = [str(rank), _e(t.get("trial_id")),
+        cells = [str(rank), _e(t.get("trial_id")) + "".join(marks),
                  f'<span class="badge" style="background:{colour}">{_e(STATE_TEXT.get(state, state))}</span>',
-                 _e(t.get("epochs")), _e(_fmt(t.get("best"), 5)),
+                 _e(why), _e(t.get("epochs")), _e(_fmt(t.get("best"), 5)),
                  _e(int(t["best_epoch"]) + 1 if t.get("best_epoch") is not None else "-")]
         cells += [_e(_fmt((t.get("params") or {}).get(n))) for n in names]
-        cells.append(_e("; ".join(marks)))
         cls = ' class="winner"' if t.get("trial_id") == winner else ""
-        out.append(f"<tr{cls}>" + "".join(f'<td class="{"l" if i in left else ""}">{c}</td>'
-                                          for i, c in enumerate(cells)) + "</tr>")
+        out.append(f"<tr{cls}>" + "".join(
+            f'<td class="{"l" if i in left else ""}{" wrap" if i == 3 else ""}">{c}</td>'
+            for i, c in enumerate(cells)) + "</tr>")
     out.append("</tbody></table></div>")
     return "\n".join(out)
+
+
+def problems_html(summary: Mapping[str, Any]) -> str:
+    """The trials that failed, diverged or were orphaned, each with its reason and folder, for the first screen."""
+    from automl.report_plots import problems
+
+    rows = problems(summary)
+    if not rows:
+        return ""
+    body = "".join(
+        f'<tr><td class="l"><b>{_e(r["trial_id"])}</b></td><td class="l">{_e(STATE_TEXT.get(r["state"], r["state"]))}'
+        f'</td><td class="l">{_e(r["reason"])}</td><td class="l"><code>{_e(r.get("results_dir") or "")}</code></td>'
+        f"</tr>" for r in rows)
+    return (f'<section class="problems" id="problems"><h2>{len(rows)} trial{"s" if len(rows) > 1 else ""} did not '
+            f'finish normally</h2><table><tbody>{body}</tbody></table></section>')
 
 
 def _cards(summary: Mapping[str, Any]) -> str:
@@ -446,6 +347,8 @@ def _cards(summary: Mapping[str, Any]) -> str:
              (f"best {metric}", _fmt(w.get("best"), 5)), ("winner", w.get("trial_id", "none"))]
     items += [(s, states.get(s, 0)) for s in ("completed", "stopped", "pruned", "error")]
     items.append(("wall time", f"{float(summary.get('wall_time_s') or 0) / 60:.1f} min"))
+    if summary.get("gpu_hours"):
+        items.append(("GPU time", f"{float(summary['gpu_hours']):.2f} GPU-h"))
     return '<div class="cards">' + "".join(
         f'<div class="card"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div></div>' for k, v in items) + \
         "</div>"
@@ -478,27 +381,33 @@ def _winner_html(summary: Mapping[str, Any]) -> str:
 
 
 def render_html(results: Path, summary: Mapping[str, Any], figures: Sequence[Figure]) -> str:
+    """The page: plotly.js inline in <head> (when a figure needs it), the first screen (tiles, problems, winner),
+    the leaderboard and the figures in PLOT_ORDER."""
+    from automl.report_plots import plotly_js
+
     metric, mode = summary["objective"]["metric"], summary["objective"]["mode"]
     ml = summary.get("mlflow") or {}
     by_key = {f.key: f for f in figures}
-    order = ["learning-curves", "predictions", "optimization-history", "parallel-coordinates",
-             "param-importances"]
+    shown = [by_key[k] for k in PLOT_ORDER if k in by_key]
     title = f"Search report: {results.name}"
+    nav = " ".join(f'<a href="#{f.key}">{_e(f.title)}</a>' for f in shown)
     body = [f"<h1>{_e(title)}</h1>",
             f'<p class="sub">{_e(results)} &middot; objective <b>{_e(metric)}</b> ({_e(mode)}) &middot; scheduler '
             f'{_e(summary.get("scheduler", "?"))} &middot; written {_e(time.strftime("%Y-%m-%d %H:%M"))}</p>',
-            _cards(summary),
+            _cards(summary), problems_html(summary),
             '<h2 id="winner">Winner</h2>', _winner_html(summary),
+            f'<nav><a href="#leaderboard-title">Leaderboard</a> {nav}</nav>',
             '<h2 id="leaderboard-title">Leaderboard</h2>', leaderboard_html(summary)]
-    body += [_figure_html(by_key[k]) for k in order if k in by_key]
+    body += [_figure_html(f) for f in shown]
     body.append('<h2 id="more">More</h2><ul class="files">'
                 f"<li>every trial side by side in MLflow: <code>automl ui {_e(results)}</code>"
                 f" (parent run {_e(ml.get('parent_run_id', '?'))}, experiment {_e(ml.get('experiment', '?'))})</li>"
                 f"<li>the Optuna study: <code>optuna-dashboard {_e(summary.get('optuna_storage', ''))}</code></li>"
                 f"<li>all numbers: <code>{_e(results / 'summary.json')}</code></li></ul>")
+    script = f'<script type="text/javascript">{plotly_js()}</script>' if any(f.plot for f in shown) else ""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{_e(title)}</title>"
-            f"<style>{CSS}</style></head>\n<body><main>\n" + "\n".join(body) + "\n</main></body></html>\n")
+            f"<style>{CSS}</style>{script}</head>\n<body><main>\n" + "\n".join(body) + "\n</main></body></html>\n")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -506,9 +415,56 @@ def render_html(results: Path, summary: Mapping[str, Any], figures: Sequence[Fig
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _reason(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _interactive(summary: Mapping[str, Any], results: Path) -> list[tuple[str, str, str, Callable[[], Any]]]:
+    """(key, title, caption, builder) of the Plotly figures drawn from summary.json and the trials' folders."""
+    from automl import report_plots as rp
+
+    metric = summary["objective"]["metric"]
+    return [
+        ("learning-curves", "Learning curves",
+         f"{_e(metric)} after each epoch of every trial; hover a point for the trial's values, click a legend entry "
+         "to hide a trial (double-click: only that one). Grey: stopped early by the scheduler; dashed: failed; "
+         "dotted: the baseline (the spec's own values); red X: the loss became NaN/inf in that epoch; bold with a "
+         "star: the winner and its best epoch.", lambda: rp.learning_curves_figure(summary)),
+        ("all-metrics", "Every logged metric",
+         "train_loss, each validation metric and the learning rate after each epoch, one chart each; the legend "
+         "hides a trial in all of them.", lambda: rp.all_metrics_figure(summary)),
+        ("timeline", "When each trial ran",
+         "One bar per trial from its start to its end, on the GPU it ran on (a row per concurrent slot on a "
+         "machine without GPUs). Gaps are time the search left a device idle.", lambda: rp.timeline_figure(summary)),
+        ("wall-time", "Time per trial",
+         "Wall time of each trial: grey the start-up before its training began (a Ray worker, imports, data), "
+         "coloured the training; its GPU time in the hover where trials had GPUs.",
+         lambda: rp.wall_time_figure(summary)),
+        ("parallel-coordinates", "Parameters against the objective",
+         f"Each line is a trial with a finite {_e(metric)}, across its searched parameters, coloured by the "
+         "objective (yellow: best). Drag along an axis to keep only the trials in that range; drag an axis title "
+         "to reorder.", lambda: rp.parallel_coordinates_figure(summary)),
+    ]
+
+
+def _optuna_figures(metric: str) -> list[tuple[str, str, str, Callable[[Any], Any]]]:
+    from automl import report_plots as rp
+
+    return [
+        ("optimization-history", "Optimisation history",
+         f"{_e(metric)} of each completed trial in the order they were asked for, and the best so far (Optuna). "
+         "Pruned trials have no value and are left out here.", lambda s: rp.optimization_history_figure(s, metric)),
+        ("param-importances", "Parameter importances",
+         "How much of the objective's variation each parameter explains (fANOVA over completed trials). The "
+         "whiskers span the 10th to 90th percentile over bootstrap resamples of the trials.",
+         lambda s: rp.importances_figure(s, metric)),
+    ]
+
+
 def write_report(results_dir: str | Path, *, num_images: int = 4, out_dir: Optional[str | Path] = None,
                  predictions: bool = True) -> Report:
-    """Write RESULTS_DIR/report/report.html (self-contained) and its PNGs; return what was written."""
+    """Write RESULTS_DIR/report/report.html (self-contained, interactive) and predictions.png; return what was
+    written."""
     import matplotlib
 
     if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
@@ -521,51 +477,43 @@ def write_report(results_dir: str | Path, *, num_images: int = 4, out_dir: Optio
     out = Path(out_dir).resolve() if out_dir else results / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     metric = summary["objective"]["metric"]
-
     figures: list[Figure] = []
 
-    def attempt(key: str, title: str, caption: str, draw: Callable[[Path], Path]) -> None:
-        png = out / f"{key.replace('-', '_')}.png"
-        try:
-            figures.append(Figure(key, title, caption, png=draw(png)))
-        except Exception as exc:  # noqa: BLE001 - one figure must not cost the others
-            png.unlink(missing_ok=True)
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            figures.append(Figure(key, title, caption, note=f"Not drawn: {reason}"))
+    def plot(key: str, title: str, caption: str, build: Callable[[], Any]) -> None:
+        from automl.report_plots import figure_div
 
-    attempt("learning-curves", "Learning curves",
-            f"{_e(metric)} and train_loss after each epoch of every trial. Grey: stopped early by the scheduler; "
-            "red: pruned because the loss became NaN/inf (X marks the epoch it diverged in); bold with a star: the "
-            "winner and its best epoch.",
-            lambda p: learning_curves(summary, p))
+        try:
+            built = build()
+            fig, remark = built if isinstance(built, tuple) else (built, None)
+            figures.append(Figure(key, title, caption, plot=figure_div(fig, key), remark=remark))
+        except Exception as exc:  # noqa: BLE001 - one figure must not cost the others
+            figures.append(Figure(key, title, caption, note=f"Not drawn: {_reason(exc)}"))
+
+    for key, title, caption, build in _interactive(summary, results):
+        plot(key, title, caption, build)
     if predictions:
-        attempt("predictions", "The winner on validation images",
-                "RGB | ground truth | prediction | absolute error. Ground truth and prediction share one colour "
-                "scale per row (near red, far blue; black: no ground truth); the error map has its own scale, "
-                "the same for every row.",
-                lambda p: winner_predictions(results, summary, p, num_images))
+        png = out / "predictions.png"
+        caption = ("RGB | ground truth | prediction | absolute error. Ground truth and prediction share one colour "
+                   "scale per row (near red, far blue; black: no ground truth); the error map has its own scale, "
+                   "the same for every row.")
+        try:
+            figures.append(Figure("predictions", "The winner on validation images", caption,
+                                  png=winner_predictions(results, summary, png, num_images)))
+        except Exception as exc:  # noqa: BLE001
+            png.unlink(missing_ok=True)
+            figures.append(Figure("predictions", "The winner on validation images", caption,
+                                  note=f"Not drawn: {_reason(exc)}"))
     try:
         study = load_study(results, summary)
     except Exception as exc:  # noqa: BLE001
         study, study_error = None, f"Not drawn: the Optuna study could not be read ({exc})"
     else:
         study_error = ""
-    optuna_figs = [
-        ("optimization-history", "Optimisation history",
-         f"{_e(metric)} of each completed trial in the order they were asked for, and the best so far (Optuna). "
-         "Pruned trials have no value and are left out here.", optimization_history),
-        ("parallel-coordinates", "Parameters against the objective",
-         "Each line is a completed trial; its colour is its objective (Optuna's parallel coordinate plot).",
-         parallel_coordinates),
-        ("param-importances", "Parameter importances",
-         "How much of the objective's variation each parameter explains (fANOVA over completed trials). With "
-         "few trials this is a rough guide.", param_importances),
-    ]
-    for key, title, caption, draw in optuna_figs:
+    for key, title, caption, draw in _optuna_figures(metric):
         if study is None:
             figures.append(Figure(key, title, caption, note=study_error))
         else:
-            attempt(key, title, caption, lambda p, draw=draw: draw(study, metric, p))
+            plot(key, title, caption, lambda draw=draw: draw(study))
 
     html_path = out / REPORT_FILE
     html_path.write_text(render_html(results, summary, figures), encoding="utf-8")

@@ -1,9 +1,11 @@
 """`automl ui RESULTS_DIR`: the MLflow UI on a search's (or a plain run's) tracking store.
 
-For a SQLite store (the default, RESULTS_DIR/mlflow.db) it starts `mlflow server` bound to 127.0.0.1, waits until
-it answers, prints the URL of the search's parent run (and of the compare view of its trials), and serves until
-Ctrl-C. For a tracking server (`--tracking-uri http://...` at search time) nothing is started: the URLs on that
-server are printed.
+For a SQLite store (the default, RESULTS_DIR/mlflow.db) it starts `mlflow server` bound to 127.0.0.1 in the
+background and prints at once (read from the database file, no MLflow import) the URLs of the search's parent run,
+of its trials' objective over epochs and of the compare view of its trials; then `ready` when the server answers
+(MLflow takes tens of seconds to start on a busy machine). It serves until Ctrl-C or SIGTERM, which stop the server
+within a few seconds. For a tracking server (`--tracking-uri http://...` at search time) nothing is started: the
+URLs on that server are printed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from trainer.errors import UserError
 
 DEFAULT_PORT = 5000
 STARTUP_TIMEOUT_S = 120.0
+GRACE_S = 3.0  # after SIGTERM, before SIGKILL
 
 
 @dataclass
@@ -40,6 +43,11 @@ class Store:
     metric: str = "val/loss"  # the search's objective
 
 
+# MLflow 3's UI starts in its GenAI view (traces, evaluations, an assistant pane) unless told otherwise; this query
+# parameter of its routes opens the model-training view (read by the UI's workflow switch, MLflow 3.17)
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
 @dataclass
 class Links:
     base: str
@@ -49,11 +57,12 @@ class Links:
 
     @property
     def experiment(self) -> str:
-        return f"{self.base}/#/experiments/{self.experiment_id}"
+        return f"{self.base}/#/experiments/{self.experiment_id}/runs?{TRAINING_VIEW}"
 
     @property
     def run(self) -> Optional[str]:
-        return f"{self.experiment}/runs/{self.run_id}" if self.run_id else None
+        return (f"{self.base}/#/experiments/{self.experiment_id}/runs/{self.run_id}?{TRAINING_VIEW}"
+                if self.run_id else None)
 
     @property
     def compare(self) -> Optional[str]:
@@ -62,10 +71,11 @@ class Links:
             return None
         runs = urllib.parse.quote(json.dumps(self.child_run_ids, separators=(",", ":")))
         exps = urllib.parse.quote(json.dumps([self.experiment_id], separators=(",", ":")))
-        return f"{self.base}/#/compare-runs?runs={runs}&experiments={exps}"
+        return f"{self.base}/#/compare-runs?runs={runs}&experiments={exps}&{TRAINING_VIEW}"
 
     def metric(self, key: str) -> Optional[str]:
-        """One metric of all trials on one chart (MLflow's metric view)."""
+        """One metric of all trials on one chart against the epoch (MLflow's metric view, x axis `step`: runs log
+        per-epoch metrics with step=epoch)."""
         if not self.child_run_ids:
             return None
         def q(text: str) -> str:
@@ -73,7 +83,7 @@ class Links:
         runs = q(json.dumps(self.child_run_ids, separators=(",", ":")))
         return (f"{self.base}/#/metric?runs={runs}&metric={q(json.dumps(key))}"
                 f"&experiments={q(json.dumps([self.experiment_id], separators=(',', ':')))}"
-                f"&plot_metric_keys={q(json.dumps([key], separators=(',', ':')))}")
+                f"&plot_metric_keys={q(json.dumps([key], separators=(',', ':')))}&x_axis=step&{TRAINING_VIEW}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -137,6 +147,48 @@ def find_links(store: Store, base: str) -> Links:
     return Links(base=base, experiment_id=str(exp_id), run_id=store.run_id, child_run_ids=children)
 
 
+def links_from_sqlite(db: Path, store: Store, base: str) -> Optional[Links]:
+    """`find_links` read straight from a SQLite store's tables (milliseconds, where importing MLflow takes
+    seconds); None when the file does not look like an MLflow store."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error:
+        return None
+    try:
+        exp_id = None
+        if store.run_id:
+            row = con.execute("SELECT experiment_id FROM runs WHERE run_uuid = ? AND lifecycle_stage = 'active'",
+                              (store.run_id,)).fetchone()
+            if row is None:
+                store.run_id = None
+            else:
+                exp_id = row[0]
+        if exp_id is None and store.experiment_name:
+            row = con.execute("SELECT experiment_id FROM experiments WHERE name = ?",
+                              (store.experiment_name,)).fetchone()
+            exp_id = row[0] if row else None
+        if exp_id is None:
+            rows = con.execute("SELECT experiment_id, name FROM experiments WHERE lifecycle_stage = 'active' "
+                               "ORDER BY experiment_id").fetchall()
+            named = [r for r in rows if r[1] != "Default"] or rows
+            if not named:
+                raise UserError(f"the MLflow store {store.tracking_uri} holds no experiment")
+            exp_id = named[0][0]
+        children: list[str] = []
+        if store.run_id:
+            children = [r[0] for r in con.execute(
+                "SELECT runs.run_uuid FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
+                "WHERE tags.key = 'mlflow.parentRunId' AND tags.value = ? AND runs.lifecycle_stage = 'active' "
+                "ORDER BY runs.start_time", (store.run_id,))]
+        return Links(base=base, experiment_id=str(exp_id), run_id=store.run_id, child_run_ids=children)
+    except sqlite3.Error:
+        return None
+    finally:
+        con.close()
+
+
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -175,21 +227,25 @@ def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = STARTUP_TIM
     while time.time() < deadline:
         if proc.poll() is not None:
             raise UserError(f"mlflow server exited with status {proc.returncode} before answering at {url}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
+        if _health(url):
+            return
         time.sleep(0.5)
     raise UserError(f"mlflow server did not answer at {url}/health within {timeout:.0f} s")
+
+
+def _health(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 def print_links(links: Links, store: Store) -> None:
     if links.run:
         kind = "search (parent run)" if links.child_run_ids else "run"
         print(f"{kind}: {links.run}")
-    print(f"experiment: {links.experiment}/runs")
+    print(f"experiment: {links.experiment}")
     if links.child_run_ids:
         print(f"{store.metric} of the {len(links.child_run_ids)} trials: {links.metric(store.metric)}")
     if links.compare:
@@ -206,6 +262,7 @@ def serve(results_dir: str | Path, *, host: str = "127.0.0.1", port: Optional[in
         print(f"the search logged to the tracking server {store.tracking_uri}; nothing to start:")
         print_links(links, store)
         return 0
+    db: Optional[Path] = None
     if store.tracking_uri.startswith("sqlite:///"):
         db = Path(store.tracking_uri[len("sqlite:///"):])
         if not db.is_file():
@@ -218,23 +275,29 @@ def serve(results_dir: str | Path, *, host: str = "127.0.0.1", port: Optional[in
 
     previous = signal.signal(signal.SIGTERM, stop)  # a service manager's stop: the server goes too
     proc: Optional[subprocess.Popen] = None
+    started = time.time()
     try:
+        # its own session: Ctrl-C in the terminal reaches automl ui alone, which then stops the server promptly
+        # (uvicorn given SIGINT too would wait for the browser's open connections)
         proc = subprocess.Popen(server_command(store, results, host, chosen), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         log: collections.deque[str] = collections.deque(maxlen=40)
         threading.Thread(target=_drain, args=(proc.stderr, log), daemon=True).start()
-        links = find_links(store, base)  # while the server starts
+        links = links_from_sqlite(db, store, base) if db is not None else None
+        if links is None:
+            links = find_links(store, base)
+        print(f"MLflow UI for {results} starting at {base} (Ctrl-C stops it)")
+        print_links(links, store)
         try:
             wait_until_up(base, proc)
         except UserError as exc:
             time.sleep(0.5)
             tail = "".join(log).strip()
             raise UserError(f"{exc}{'; its last output: ' + tail[-2000:] if tail else ''}") from None
-        print(f"MLflow UI for {results} at {base} (Ctrl-C stops it)")
-        print_links(links, store)
+        print(f"ready: {base} answers (started in {time.time() - started:.0f} s)", flush=True)
         return proc.wait()
     except KeyboardInterrupt:
-        print("stopping the MLflow UI", file=sys.stderr)
+        print("stopping the MLflow UI", file=sys.stderr, flush=True)
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -250,17 +313,13 @@ def _drain(stream: Any, log: "collections.deque[str]") -> None:
 
 def _stop(proc: subprocess.Popen) -> None:
     """Stop the server and the uvicorn workers it started: SIGTERM to all of them (the `mlflow server` command does
-    not pass it on), then SIGKILL to whatever still runs after 10 s."""
+    not pass it on), then SIGKILL to whatever still runs after GRACE_S (the UI holds no state worth waiting for)."""
     if proc.poll() is not None:
         return
     tree = [*_children(proc.pid), proc.pid]
     for pid in tree:
         _signal_server(pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
-    deadline = time.time() + 5
+    deadline = time.time() + GRACE_S
     while time.time() < deadline and any(_is_server(pid) for pid in tree):
         time.sleep(0.1)
     for pid in tree:

@@ -488,9 +488,12 @@ def _torch_export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, 
     if dynamic_hw:
         axes[2] = PATCH * Dim("patch_h", min=1)
         axes[3] = PATCH * Dim("patch_w", min=1)
+    import logging
+
+    # the exporter's own notes (opset 18 implementations converted down to 17, ...), as warnings and as a log
+    # line; the opset written is read back from the file and recorded in the sidecar
+    logging.getLogger("torch.onnx._internal.exporter._compat").setLevel(logging.ERROR)
     with warnings.catch_warnings():
-        # the exporter's own notes (opset 18 implementations converted down to 17, ...); the opset written is
-        # read back from the file and recorded in the sidecar
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model, (example,), None, dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -18,14 +19,17 @@ import torch
 from omegaconf import DictConfig
 
 from trainer.callbacks import Reporter, RunRecorder, StatusFile, _is_tty
-from trainer.config import flatten, save_spec, to_plain
+from trainer.config import save_spec, to_plain
 from trainer.errors import CheckpointError, UserError, first_line
-from trainer.tracking import TRACKING_FAILURES_FILE, MlflowRun, TrackingConfig
+from trainer.tracking import TRACKING_FAILURES_FILE, MlflowRun, TrackingConfig, curated_params
 
 # Lightning chatter that says nothing actionable to our users
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*The number of training batches.*is smaller than the logging interval.*")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+# Lightning's advertisements ("💡 Tip: ... try installing litlogger/litmodels") on every Trainer
+for _name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(lambda record: not str(record.msg).startswith("💡 Tip"))
 
 
 @dataclass
@@ -211,6 +215,8 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
     monitor, mode = monitor_of(spec, has_val)
     tracking = tracking or TrackingConfig()
     mlrun = MlflowRun(tracking, out, failure_log=out / TRACKING_FAILURES_FILE) if tracking.enabled else None
+    if mlrun is not None:
+        mlrun.spec_file = out / "spec.yaml"  # the whole resolved spec as an artifact; params: curated_params
     show_bar = _is_tty() if progress is None else progress
     recorder = RunRecorder(status=status, mlflow_run=mlrun, checkpoint_dir=ckpt_dir,
                            checkpoint_interval=int(t.checkpoint_interval), has_validation=has_val,
@@ -342,9 +348,7 @@ def _hardware(trainer: pl.Trainer) -> dict[str, Any]:
 
 
 def _params_for_tracking(spec: DictConfig) -> dict[str, Any]:
-    plain = to_plain(spec)
-    keep = {k: plain[k] for k in ("model", "dataset", "train") if k in plain}
-    return flatten(keep)
+    return curated_params(spec)
 
 
 def _finite(x: Any) -> Optional[float]:

@@ -28,10 +28,49 @@ class TrackingConfig:
     run_id: Optional[str] = None  # continue this run (resume) instead of creating one
     tags: dict[str, str] = field(default_factory=dict)
     enabled: bool = True
+    # logged as params first when the run is created (a search trial's searched values under their dotted names)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, evaluations); ours are model training
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+# the spec keys every run logs as params (the whole resolved spec is the artifact spec.yaml): what tells runs apart
+# at a glance in MLflow's runs table and compare view
+CURATED_KEYS = ("model.encoder", "model.model_type", "dataset.train_dataset.batch_size", "train.num_epochs",
+                "train.precision", "train.optim.lr")
+
+
+def curated_params(spec: Any) -> dict[str, Any]:
+    """The params a run logs from its spec: CURATED_KEYS that exist, and the names of its training and validation
+    datasets (`dataset.train_dataset.names`: `NYUDV2 (train.txt)`, several joined by `, `)."""
+    from omegaconf import OmegaConf
+
+    out: dict[str, Any] = {}
+    for key in CURATED_KEYS:
+        value = OmegaConf.select(spec, key, default=None)
+        if value is not None:
+            out[key] = value
+    for split in ("train_dataset", "val_dataset"):
+        sources = OmegaConf.select(spec, f"dataset.{split}.data_sources", default=None) or []
+        names = [f"{s.get('dataset_name') or '?'} ({Path(str(s.get('data_file') or '?')).name})" for s in sources]
+        if names:
+            out[f"dataset.{split}.names"] = ", ".join(names)
+    return out
 
 
 # in a run's results folder: one line per MLflow operation that failed (written by `MlflowRun` as it happens)
 TRACKING_FAILURES_FILE = "tracking_failures.log"
+
+
+def quiet_mlflow_logs() -> None:
+    """MLflow logs each new SQLite store's schema set-up at INFO ("Creating initial MLflow database tables..."):
+    routine, so only its warnings are shown."""
+    import logging
+
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def default_tracking_uri(results_dir: str | Path) -> str:
@@ -59,6 +98,7 @@ class MlflowRun:
         self.run_id: Optional[str] = cfg.run_id
         self.failures: list[str] = []
         self.failure_log = Path(failure_log) if failure_log else None
+        self.spec_file: Optional[Path] = None  # logged by `log_params` as the artifact spec.yaml
         self._client: Any = None
 
     # ------------------------------------------------------------------------------------------------------
@@ -68,13 +108,15 @@ class MlflowRun:
         try:
             from mlflow.tracking import MlflowClient
 
+            quiet_mlflow_logs()
             self._client = MlflowClient(tracking_uri=self.uri)
             if self.run_id:
                 self._client.update_run(self.run_id, status="RUNNING")
                 return self.run_id
             exp = self._client.get_experiment_by_name(self.cfg.experiment_name)
             exp_id = exp.experiment_id if exp is not None else self._client.create_experiment(
-                self.cfg.experiment_name, artifact_location=artifact_location(self.uri))
+                self.cfg.experiment_name, artifact_location=artifact_location(self.uri),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             tags = dict(self.cfg.tags)
             if self.cfg.parent_run_id:
                 tags["mlflow.parentRunId"] = self.cfg.parent_run_id
@@ -85,11 +127,19 @@ class MlflowRun:
         return self.run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log a new run's inputs: `cfg.params` (a trial's searched values) first, then `params` minus the keys
+        already given (MLflow refuses a second, different value), then `spec_file` as the artifact spec.yaml."""
         if not self._ready():
             return
         from mlflow.entities import Param
 
-        items = [Param(str(k)[:250], _param_value(v)) for k, v in params.items()]
+        merged = {**{k: v for k, v in params.items() if k not in self.cfg.params}, **self.cfg.params}
+        items = [Param(str(k)[:250], _param_value(v)) for k, v in merged.items()]
+        if self.spec_file is not None and Path(self.spec_file).is_file():
+            try:
+                self._client.log_artifact(self.run_id, str(self.spec_file))
+            except Exception as exc:  # noqa: BLE001
+                self._fail("log spec.yaml", exc)
         for i in range(0, len(items), 90):  # MLflow caps a batch at 100 params
             try:
                 self._client.log_batch(self.run_id, params=items[i:i + 90])

@@ -100,6 +100,8 @@ class TrialRecord:
 
 
 def _init_ray(address: Optional[str], results_dir: Path) -> None:
+    import logging
+
     import ray
 
     if ray.is_initialized():
@@ -109,7 +111,9 @@ def _init_ray(address: Optional[str], results_dir: Path) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        # a private local Ray, bound to loopback
+        # a private local Ray, bound to loopback; token authentication stays on (Ray's default), its notice about
+        # that on every run is not repeated
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(num_cpus=os.cpu_count() or 1, _node_ip_address="127.0.0.1", **kwargs)
 
 
@@ -310,9 +314,9 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
     import ray
     from ray import tune
 
-    from trainer.config import flatten, to_plain
+    from trainer.config import to_plain
     from trainer.fit import check_writable
-    from trainer.tracking import default_tracking_uri
+    from trainer.tracking import curated_params, default_tracking_uri
 
     started = time.time()
     results = Path(spec.results_dir).resolve()
@@ -361,12 +365,11 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
                  "search_space": str(space_path), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                  "options": asdict(opts)}
         state_path.write_text(json.dumps(state, indent=2))
-        parent.log_params({**{f"spec.{k}": v for k, v in flatten({s: to_plain(spec)[s] for s in
-                                                                 ("model", "dataset", "train")}).items()},
-                           "search.metric": space.metric, "search.mode": space.mode,
+        parent.log_params({**curated_params(spec), "objective.metric": space.metric, "objective.mode": space.mode,
                            "search.scheduler": opts.scheduler, "search.num_trials": opts.num_trials,
                            "search.space": json.dumps(space.to_dict()["parameters"]),
                            "search.resources": json.dumps(resources)})
+        parent.log_spec(spec)
         space_file = results / "search_space.json"
         space_file.write_text(json.dumps(space.to_dict(), indent=2))
         parent.log_artifact(str(space_file))

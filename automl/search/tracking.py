@@ -8,12 +8,49 @@ import contextlib
 import io
 import os
 import sys
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
-from trainer.tracking import MlflowRun, TrackingConfig
+from trainer.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, MlflowRun, TrackingConfig
 
 TRIAL_TAG = "automl.trial_id"
 STATE_TAG = "automl.trial_state"
+# the same value under a short name, for MLflow's runs table (`tags.trial_state = 'error'` in its search box)
+SHORT_STATE_TAG = "trial_state"
+# how each summary.json state ends the trial's MLflow run
+RUN_STATUS = {"completed": "FINISHED", "stopped": "FINISHED", "error": "FAILED", "pruned": "KILLED",
+              "orphaned": "KILLED"}
+
+
+def short_names(names: Sequence[str]) -> dict[str, str]:
+    """A short alias for each dotted parameter name: its last part (`train.optim.lr` -> `lr`), or more of its
+    tail where two names would share one; names without a dot get none."""
+    out: dict[str, str] = {}
+    for name in names:
+        parts = name.split(".")
+        for n in range(1, len(parts)):
+            alias = ".".join(parts[-n:])
+            if sum(1 for other in names if other.split(".")[-n:] == parts[-n:]) == 1:
+                out[name] = alias
+                break
+    return out
+
+
+def trial_params(config: Mapping[str, Any], metric: str, mode: str) -> dict[str, Any]:
+    """The params of a trial's MLflow run that its spec does not show: the searched values under their dotted
+    names and the objective (`objective.metric`, `objective.mode`), so that MLflow's compare view and parallel
+    coordinates plot work on what was searched. (Short aliases go in the `searched` tag, not in params: MLflow's
+    parallel coordinates plot would show each parameter twice.)"""
+    return {**config, "objective.metric": metric, "objective.mode": mode}
+
+
+def searched_tag(config: Mapping[str, Any]) -> dict[str, str]:
+    """The `searched` tag: the trial's values under their short aliases (`lr=0.001, weight_decay=0.01`), one
+    column of MLflow's runs table."""
+    aliases = short_names(list(config))
+    text = ", ".join(f"{aliases.get(k, k)}={v:.4g}" if isinstance(v, float) else f"{aliases.get(k, k)}={v}"
+                     for k, v in config.items())
+    return {"searched": text} if text else {}
+
 
 # MLflow's HTTP client retries a failed request 7 times with exponential back-off: against a server that is down one
 # call takes about 4 minutes. A search makes such calls at its start, in every trial (each epoch) and at its end, so
@@ -42,7 +79,9 @@ def check_tracking_reachable(uri: str) -> None:
     from mlflow.tracking import MlflowClient
 
     from trainer.errors import UserError
+    from trainer.tracking import quiet_mlflow_logs
 
+    quiet_mlflow_logs()
     try:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - any failure here means the search cannot be tracked
@@ -83,11 +122,37 @@ class ParentRun:
         return self.run.run_id
 
     def start(self) -> Optional[str]:
-        return self.run.start()
+        """Create (or reattach) the parent run; an experiment made by an older version is tagged as model
+        training (EXPERIMENT_KIND_TAG) so that MLflow's UI opens it in its training view."""
+        run_id = self.run.start()
+        if run_id:
+            try:
+                from mlflow.tracking import MlflowClient
+
+                client = MlflowClient(tracking_uri=self.uri)
+                exp = client.get_experiment(client.get_run(run_id).info.experiment_id)
+                if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                    client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            except Exception as exc:  # noqa: BLE001
+                self.run.failures.append(f"experiment kind tag: {exc}")
+        return run_id
+
+    def log_spec(self, spec: Any) -> None:
+        """The search's resolved spec as the parent run's artifact spec.yaml."""
+        if not self.run_id:
+            return
+        try:
+            from mlflow.tracking import MlflowClient
+            from omegaconf import OmegaConf
+
+            MlflowClient(tracking_uri=self.uri).log_text(self.run_id, OmegaConf.to_yaml(spec), "spec.yaml")
+        except Exception as exc:  # noqa: BLE001
+            self.run.failures.append(f"artifact spec.yaml: {exc}")
 
     def set_trial_outcome(self, trial_id: str, state: str, reason: Optional[str] = None,
                           best: Optional[float] = None, winner: bool = False) -> None:
-        """Tag the trial's child run with how it ended and close it (FINISHED, or FAILED for errors)."""
+        """Tag the trial's child run with how it ended (STATE_TAG and SHORT_STATE_TAG: summary.json's state) and
+        set its status to match (RUN_STATUS)."""
         if not self.run_id:
             return
         run_id = find_child_run(self.uri, self.experiment_name, self.run_id, trial_id)
@@ -98,6 +163,7 @@ class ParentRun:
 
             client = MlflowClient(tracking_uri=self.uri)
             client.set_tag(run_id, STATE_TAG, state)
+            client.set_tag(run_id, SHORT_STATE_TAG, state)
             if reason:
                 key = {"error": "automl.failure_reason", "orphaned": "automl.orphan_reason"}.get(
                     state, "automl.prune_reason")
@@ -106,7 +172,7 @@ class ParentRun:
                 client.set_tag(run_id, "automl.best_objective", str(best))
             if winner:
                 client.set_tag(run_id, "automl.winner", "true")
-            final = {"error": "FAILED", "pruned": "KILLED", "orphaned": "KILLED"}.get(state, "FINISHED")
+            final = RUN_STATUS.get(state, "FINISHED")
             if client.get_run(run_id).info.status != final:
                 with contextlib.redirect_stdout(io.StringIO()):  # MLflow prints "View run ..." links here
                     client.set_terminated(run_id, status=final)

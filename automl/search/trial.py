@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from automl.search.guards import FAIL_KEY, PRUNE_KEY
-from automl.search.tracking import TRIAL_TAG, find_child_run
+from automl.search.tracking import TRIAL_TAG, find_child_run, searched_tag, trial_params
 from trainer.errors import UserError, first_line
 
 # Test hooks (never set by the CLI or by a spec): see automl/testing.py; the driver reads them once
@@ -99,7 +99,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         if ctx.tracking_uri and ctx.parent_run_id else None
     tracking = TrackingConfig(uri=ctx.tracking_uri, experiment_name=ctx.experiment_name, run_name=trial_id,
                               parent_run_id=ctx.parent_run_id, run_id=run_id,
-                              tags={TRIAL_TAG: trial_id, **{f"param.{k}": str(v) for k, v in config.items()}},
+                              tags={TRIAL_TAG: trial_id, **searched_tag(config)},
+                              params=trial_params(config, ctx.metric, ctx.mode),
                               enabled=ctx.tracking_uri is not None)
     node_id = ray.get_runtime_context().get_node_id()
     restored = tune.get_checkpoint()
