@@ -203,6 +203,8 @@ def trials_of(results: Path, num_epochs: int) -> list[dict[str, Any]]:
         hist = [h for h in t.get("history", []) if h.get("epoch") is not None]
         first = hist[0] if hist else {}
         started = first.get("trial_started_at")
+        if started is None and first.get("reported_at") and first.get("time_total_s") is not None:
+            started = first["reported_at"] - first["time_total_s"]  # versions before warm workers: Ray's clock
         fit_start = fit.get("started_at")
         first_step = first.get("first_step_at")  # reported by trials of this version (a scheduler-stopped trial
         if first_step is None and fit_start and fit.get("first_step_s") is not None:  # writes no fit.json)
@@ -267,10 +269,15 @@ def fatal_errors(paths: Sequence[str]) -> list[str]:
     return hits
 
 
-def analyse(run: dict[str, Any], num_epochs: int, n_gpus: int) -> dict[str, Any]:
-    start, end = run["launched"], run["ended"]
-    trials = trials_of(Path(run["results"]), num_epochs)
+def analyse(run: dict[str, Any], num_epochs: int, n_gpus: int,
+            trials: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+    """The numbers, over the search's wall time: from the CLI's start to the end of its last trial (the winner's
+    evaluation, export and report come after; `cli_exit_s` says when the CLI ended)."""
+    trials = trials_of(Path(run["results"]), num_epochs) if trials is None else trials
     samples = run["samples"]
+    start = run["launched"]
+    ends = [t["fit_ended_at"] or t["last_report_at"] for t in trials if t["fit_ended_at"] or t["last_report_at"]]
+    end = max(ends) if ends else run["ended"]
     wall = end - start
     first_busy = next((s["t"] for s in samples if s["t"] >= start and max(s["util"]) > 0), None)
     first_steps = [t["first_step_at"] for t in trials if t["first_step_at"]]
@@ -284,6 +291,7 @@ def analyse(run: dict[str, Any], num_epochs: int, n_gpus: int) -> dict[str, Any]
     gaps = idle_gaps(samples, start, end)
     return {
         "search_wall_s": round(wall, 1),
+        "cli_exit_s": round(run["ended"] - start, 1), "cli_rc": run["rc"],
         "gpu_busy": busy(samples, start, end),
         "gpu_busy_after_60s": busy(samples, start + SKIP_S, end),
         "first_gpu_activity_s": round(first_busy - start, 1) if first_busy else None,
@@ -370,7 +378,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     ap.add_argument("--work", help="folder for data and results (default: OUT/work)")
     ap.add_argument("--out", required=True, help="folder: LABEL.json and LABEL.png")
     ap.add_argument("--smoke", action="store_true", help="tiny model and search on CPUs, no NVML (tests)")
+    ap.add_argument("--reanalyse", metavar="LABEL.json", help="recompute the numbers and the plot of a saved run")
     args = ap.parse_args(argv)
+    if args.reanalyse:
+        return reanalyse(Path(args.reanalyse), Path(args.out))
     if args.smoke:
         args.trials, args.gpus_per_trial, args.max_concurrent, args.frames = 3, 0.0, 2, 24
         args.frame_size, args.crop, args.epochs, args.grace, args.batch = "64x80", "56x70", 2, 1, 2
@@ -386,15 +397,32 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     result = {"benchmark": "search_gpu_busy", "label": args.label, "gpus": run["gpus"],
               "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "args": vars(args), "run": run,
               "analysis": analyse(run, args.epochs, n_gpus)}
-    (out / f"{args.label}.json").write_text(json.dumps(result, indent=1, default=str))
-    result["plot"] = plot(result, out / f"{args.label}.png")
+    return _save_and_show(result, out)
+
+
+def reanalyse(saved: Path, out: Path) -> dict[str, Any]:
+    """The numbers and plot of a saved LABEL.json again (after a change to the analysis), from its samples and
+    per-trial intervals; written to OUT/LABEL.json and OUT/LABEL.png."""
+    result = json.loads(saved.read_text())
     a = result["analysis"]
-    show = {k: a[k] for k in ("search_wall_s", "gpu_busy", "gpu_busy_after_60s", "first_gpu_activity_s",
+    n_gpus = len(result["gpus"]) or 1
+    result["analysis"] = analyse(result["run"], int(result["args"]["epochs"]), n_gpus, trials=a["per_trial"])
+    result["analysis"]["fatal_python_error_in"] = a["fatal_python_error_in"]  # the logs are gone by now
+    out.mkdir(parents=True, exist_ok=True)
+    return _save_and_show(result, out)
+
+
+def _save_and_show(result: dict[str, Any], out: Path) -> dict[str, Any]:
+    label, run = result["label"], result["run"]
+    (out / f"{label}.json").write_text(json.dumps(result, indent=1, default=str))
+    result["plot"] = plot(result, out / f"{label}.png")
+    a = result["analysis"]
+    show = {k: a[k] for k in ("search_wall_s", "cli_exit_s", "cli_rc", "gpu_busy", "gpu_busy_after_60s", "first_gpu_activity_s",
                               "first_trial_step_s", "startup_cold_s", "startup_warm_s", "trials", "epochs",
                               "worker_processes", "trials_per_gpu_hour", "epochs_per_gpu_hour",
                               "fatal_python_error_in", "trials_all_epochs", "trials_all_epochs_not_success")}
     show["idle_gaps"] = {k: v for k, v in a["idle_gaps"].items() if k != "gaps"}
-    print(f"== {args.label}: rc {run['rc']}, GPUs {run['gpus'] or 'none'}\n   {run['command']}")
+    print(f"== {label}: rc {run['rc']}, GPUs {run['gpus'] or 'none'}\n   {run['command']}")
     print(json.dumps(show, indent=1, default=str))
     return result
 
