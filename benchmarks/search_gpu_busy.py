@@ -167,7 +167,8 @@ def run_search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     write_spec(args, work / "nyu", results, spec_file)
     cmd = search_command(args, spec_file)
     repo = Path(args.repo).resolve()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    path = os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = {**os.environ, "PYTHONPATH": path,
            "PYTHONUNBUFFERED": "1"}
     sampler = GpuSampler(args.period).start() if not args.smoke else None
     log_path = work / "automl_run.log"
@@ -417,7 +418,8 @@ def _save_and_show(result: dict[str, Any], out: Path) -> dict[str, Any]:
     (out / f"{label}.json").write_text(json.dumps(result, indent=1, default=str))
     result["plot"] = plot(result, out / f"{label}.png")
     a = result["analysis"]
-    show = {k: a[k] for k in ("search_wall_s", "cli_exit_s", "cli_rc", "gpu_busy", "gpu_busy_after_60s", "first_gpu_activity_s",
+    show = {k: a[k] for k in ("search_wall_s", "cli_exit_s", "cli_rc", "gpu_busy", "gpu_busy_after_60s",
+                              "first_gpu_activity_s",
                               "first_trial_step_s", "startup_cold_s", "startup_warm_s", "trials", "epochs",
                               "worker_processes", "trials_per_gpu_hour", "epochs_per_gpu_hour",
                               "fatal_python_error_in", "trials_all_epochs", "trials_all_epochs_not_success")}

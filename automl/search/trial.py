@@ -82,19 +82,16 @@ def prepare_worker(ctx: TrialContext) -> dict[str, Any]:
     trials this process ran before this one; 0 = a cold start that pays imports, CUDA start-up and compilation).
 
     The first time, before torch is imported, points torch.compile's caches (Inductor's FX graphs, AOTAutograd,
-    Triton's kernels) into `ctx.compile_cache` (values the environment already has win) and lets Ray wait for a
-    stopped trial's thread before reusing the worker. On a warm worker, frees what the previous trial left on the
-    GPU (its model and optimizer are garbage once its thread has ended)."""
+    Triton's kernels) into `ctx.compile_cache` (a TORCHINDUCTOR_CACHE_DIR already in the environment wins) and lets
+    Ray wait for a stopped trial's thread before reusing the worker. On a warm worker, frees what the previous trial
+    left on the GPU (its model and optimizer are garbage once its thread has ended)."""
     index = _worker["trials"]
     _worker["trials"] += 1
     if index == 0:
         os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", RESET_WAIT_S)
-        if ctx.compile_cache:
-            cache = Path(ctx.compile_cache)
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
-            os.environ.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
-            os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
-            os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+        if ctx.compile_cache:  # Inductor keeps its FX-graph and AOTAutograd caches (on by default) and, unless
+            # TRITON_CACHE_DIR says otherwise, Triton's kernels (triton/<device>) in this folder
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(ctx.compile_cache) / "inductor"))
     else:
         gc.collect()
         import torch
