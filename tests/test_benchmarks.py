@@ -64,6 +64,26 @@ def test_search_overhead_benchmark_smoke(tmp_path):
     assert json.loads((tmp_path / "so.json").read_text())["phases"].keys() == result["phases"].keys()
 
 
+@pytest.mark.slow
+def test_search_gpu_busy_benchmark_smoke(tmp_path):
+    """A real `automl run` (3 trials, 2 at a time, CPU): later trials run in the warm worker of an earlier one and
+    reach their first step far sooner than the cold ones; every trial that trained all its epochs says SUCCESS."""
+    import search_gpu_busy
+
+    result = search_gpu_busy.main(["--smoke", "--label", "smoke", "--out", str(tmp_path)])
+    a = result["analysis"]
+    assert result["run"]["rc"] == 0, (tmp_path / "work_smoke" / "automl_run.log").read_text()[-3000:]
+    assert a["trials"] == 3 and a["worker_processes"] == 2  # the third trial reused a worker
+    assert a["startup_warm_s"]["n"] == 1 and a["startup_cold_s"]["n"] == 2
+    assert a["startup_warm_s"]["max"] < a["startup_cold_s"]["min"]
+    assert a["epochs"] >= 4 and a["trials_all_epochs"] >= 1 and not a["trials_all_epochs_not_success"]
+    assert not a["fatal_python_error_in"]
+    assert 0 < a["first_trial_step_s"] < a["search_wall_s"] <= a["cli_exit_s"]
+    assert a["gpu_busy"]["samples"] == 0  # no NVML in the smoke mode
+    saved = json.loads((tmp_path / "smoke.json").read_text())
+    assert saved["analysis"]["trials"] == 3 and (tmp_path / "smoke.png").is_file()
+
+
 def test_multi_gpu_benchmark_smoke(tmp_path):
     import multi_gpu
 

@@ -34,7 +34,7 @@ from ray.tune.stopper import CombinedStopper
 from automl.search.guards import FAIL_KEY, PRUNE_KEY, GuardedOptunaSearch, build_scheduler, is_finite_number
 from automl.search.space import SearchSpace, load_search_space
 from automl.search.tracking import ParentRun, bound_http_retries, check_tracking_reachable
-from automl.search.trial import TrialContext, run_trial
+from automl.search.trial import TrialContext, run_trial, warm_workers_enabled
 from trainer.callbacks import StatusFile
 from trainer.errors import UserError, first_line
 
@@ -167,6 +167,7 @@ def check_multinode_storage(storage: Path, tracking_uri: str, inputs: Mapping[st
 
 
 STORAGE_KEY = "automl.storage_path"
+COMPILE_CACHE = "compile_cache"  # in RESULTS_DIR: torch.compile's caches, shared by the trials (trial.prepare_worker)
 
 
 @dataclass
@@ -203,6 +204,12 @@ def _resources(opts: SearchOptions) -> TrialResources:
     concurrent = opts.max_concurrent or max(fits, 1)
     return TrialResources(per_trial={"cpu": cpt, "gpu": gpt}, tune={"cpu": cpt, "gpu": gpt},
                           concurrent=max(1, min(concurrent, opts.num_trials)), ddp_workers=workers if workers > 1 else 0)
+
+
+def reuse_workers(res: TrialResources) -> bool:
+    """Warm trial workers: a trial's Ray actor runs the next trial (imports, CUDA context and compiled regions kept),
+    unless AUTOML_WARM_WORKERS=0 or trials are DDP runs (their ranks are child processes of one trial)."""
+    return warm_workers_enabled() and res.ddp_workers <= 1
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -382,7 +389,7 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
                        metric=space.metric, mode=space.mode, tracking_uri=tracking_uri,
                        experiment_name=opts.experiment_name, parent_run_id=parent.run_id,
                        cpus_per_trial=resources["cpu"], faults=_fault_hooks(), ddp_workers=res.ddp_workers,
-                       tracking_env=tracking_env, user_cwd=os.getcwd())
+                       tracking_env=tracking_env, user_cwd=os.getcwd(), compile_cache=str(results / COMPILE_CACHE))
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), res.tune)
 
     from automl.search.progress import TrialTable
@@ -419,7 +426,7 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
                                     grace_period=opts.grace_period, reduction_factor=opts.reduction_factor)
         tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=opts.num_trials,
-            max_concurrent_trials=concurrent, reuse_actors=False), run_config=run_config)
+            max_concurrent_trials=concurrent, reuse_actors=reuse_workers(res)), run_config=run_config)
     grid = tuner.fit()
     records = collect_trials(grid, space, num_epochs, baseline)
     for r in records:

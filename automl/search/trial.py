@@ -9,6 +9,10 @@ A trial that ends by itself writes every report it sent to `trials/<id>/tune_rep
 snapshot, which `--resume` restores, can be older than that (it is written every few seconds and at each checkpoint):
 a trial restored as unfinished whose folder holds the file replays the reports Tune had not seen instead of training
 again.
+
+Trial workers are warm (`reuse_actors`, see `prepare_worker`): one Ray actor runs trial after trial, so a trial
+after the first finds torch, Lightning and timm imported, the CUDA context made and the compiled regions in memory;
+the compile caches (Inductor, AOTAutograd, Triton) live in the search's folder, shared by every trial of a node.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import gc
 import json
 import os
 import shutil
@@ -56,6 +61,44 @@ class TrialContext:
     fixed: dict[str, Any] = field(default_factory=dict)  # overrides applied to every trial
     ddp_workers: int = 0  # > 1: each trial is a DDP run over this many processes (one GPU each)
     user_cwd: Optional[str] = None  # where the user ran the search: relative paths among sampled values mean it
+    compile_cache: Optional[str] = None  # torch.compile's caches, shared by the search's trials (prepare_worker)
+
+
+WARM_ENV = "AUTOML_WARM_WORKERS"  # "0": a fresh Ray actor (process) for every trial, as before warm workers
+# How long Ray, handing a warm worker to its next trial, waits for the previous trial's thread to end (a
+# scheduler-stopped trial unwinds then: status.json, MLflow, Lightning's teardown). With Ray's default, 2 s, a
+# slower unwind fails the next trial.
+RESET_WAIT_S = "120"
+_worker = {"trials": 0}  # trials this process has started
+
+
+def warm_workers_enabled() -> bool:
+    """Whether a search reuses its trial workers (the default; AUTOML_WARM_WORKERS=0 turns it off)."""
+    return os.environ.get(WARM_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def prepare_worker(ctx: TrialContext) -> dict[str, Any]:
+    """Make this process ready for a trial and say how warm it was: `worker_pid` and `worker_trial` (how many
+    trials this process ran before this one; 0 = a cold start that pays imports, CUDA start-up and compilation).
+
+    The first time, before torch is imported, points torch.compile's caches (Inductor's FX graphs, AOTAutograd,
+    Triton's kernels) into `ctx.compile_cache` (a TORCHINDUCTOR_CACHE_DIR already in the environment wins) and lets
+    Ray wait for a stopped trial's thread before reusing the worker. On a warm worker, frees what the previous trial
+    left on the GPU (its model and optimizer are garbage once its thread has ended)."""
+    index = _worker["trials"]
+    _worker["trials"] += 1
+    if index == 0:
+        os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", RESET_WAIT_S)
+        if ctx.compile_cache:  # Inductor keeps its FX-graph and AOTAutograd caches (on by default) and, unless
+            # TRITON_CACHE_DIR says otherwise, Triton's kernels (triton/<device>) in this folder
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(ctx.compile_cache) / "inductor"))
+    else:
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+    return {"worker_pid": os.getpid(), "worker_trial": index}
 
 
 def _trial_index(trial_id: str, trials_dir: str) -> int:
@@ -71,6 +114,8 @@ def _trial_index(trial_id: str, trials_dir: str) -> int:
 
 
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    started_at = time.time()
+    worker = prepare_worker(ctx)  # first: the compile caches' environment before torch is imported
     from omegaconf import OmegaConf
     from ray import tune
 
@@ -112,6 +157,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     def send(payload: dict[str, Any], checkpoint_path: Optional[str] = None) -> None:
         payload["node_id"] = node_id  # where the trial ran (summary.json)
         payload["reported_at"] = time.time()  # wall clock, to order epochs of concurrent trials (anytime curves)
+        payload["trial_started_at"] = started_at  # with fit.json: the trial's start-up (benchmarks/search_gpu_busy.py)
+        payload.update(worker)
         sent.append(dict(payload))
         if checkpoint_path and ctx.ddp_workers <= 1:
             with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
@@ -207,13 +254,15 @@ def _fit_and_report(skill: Any, spec: Any, ctx: TrialContext, trial_id: str, out
     def report(epoch: int, metrics: dict[str, float], checkpoint_path: Optional[str]) -> None:
         payload: dict[str, Any] = {k: float(v) for k, v in metrics.items()}
         payload["epoch"] = int(epoch)
+        payload["first_step_at"] = first_step.at  # wall clock of the first training step (the trial's start-up)
         send(payload, checkpoint_path)
 
-    callbacks = []
+    first_step = _first_step_clock()
+    callbacks = [first_step]
     if ctx.faults:
         from automl.testing import fault_callbacks
 
-        callbacks = fault_callbacks(ctx.faults, _trial_index(trial_id, ctx.trials_dir), out)
+        callbacks += fault_callbacks(ctx.faults, _trial_index(trial_id, ctx.trials_dir), out)
     try:
         skill.fit(spec, report, tracking=tracking, progress=False, quiet=True, callbacks=callbacks, **fit_kwargs)
         return "finished"
@@ -233,6 +282,20 @@ def _fit_and_report(skill: Any, spec: Any, ctx: TrialContext, trial_id: str, out
             raise  # may pass on a retry (a flaky mount, a lost connection): Ray retries from the last checkpoint
         send({ctx.metric: None, FAIL_KEY: reason, "trial_state": "error"})
         return "error"
+
+
+def _first_step_clock() -> Any:
+    """A Lightning callback whose `at` is the wall clock when the first training step started (None before)."""
+    import pytorch_lightning as pl
+
+    class FirstStep(pl.Callback):
+        at: Optional[float] = None
+
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            if self.at is None:
+                self.at = time.time()
+
+    return FirstStep()
 
 
 # errno values of OSErrors that a retry of the same trial on the same machine cannot fix
