@@ -448,7 +448,63 @@ def test_a_trial_that_ended_before_the_snapshot_caught_up_replays_instead_of_tra
 # --------------------------------------------------------------------------------------------------------------
 
 
-def test_local_ray_binds_to_loopback_without_dashboard(monkeypatch, tmp_path):
+RAY_SOCKETS = """
+import json, os, sys, time
+import psutil, ray
+from pathlib import Path
+from automl.search.driver import _init_ray
+
+_init_ray(None, Path(sys.argv[1]))
+
+@ray.remote
+def pid():
+    return os.getpid()
+
+workers = set(ray.get([pid.remote() for _ in range(2)]))
+time.sleep(1.0)  # the runtime-env agent and the object manager are up by now
+found = []
+for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+    try:
+        for c in proc.net_connections(kind="inet"):
+            if c.status == psutil.CONN_LISTEN:
+                found.append({"pid": proc.pid, "name": proc.name(), "ip": c.laddr.ip, "port": c.laddr.port})
+    except psutil.Error:
+        pass
+print(json.dumps({"sockets": found, "workers": sorted(workers), "node_ip": ray.util.get_node_ip_address()}))
+ray.shutdown()
+"""
+
+
+def _is_loopback(ip: str) -> bool:
+    import ipaddress
+
+    addr = ipaddress.ip_address(ip)
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback
+
+
+@pytest.mark.timeout(240)
+def test_local_ray_listens_on_loopback_only(tmp_path):
+    """Start Ray the way `automl run` does (no --address) and list the sockets its processes listen on: the driver,
+    the GCS, the raylet, the workers and agents: every one on a loopback address, and no dashboard."""
+    pytest.importorskip("psutil")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    proc = subprocess.run([sys.executable, "-c", RAY_SOCKETS, str(tmp_path)], capture_output=True, text=True,
+                          env=env, timeout=200, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    sockets = seen["sockets"]
+    names = {s["name"] for s in sockets}
+    assert {"gcs_server", "raylet"} <= names, sockets  # the test saw Ray's servers, not an empty list
+    assert any(s["pid"] in seen["workers"] for s in sockets), sockets  # and the workers' own servers
+    exposed = [s for s in sockets if not _is_loopback(s["ip"])]
+    assert not exposed, f"Ray processes listening beyond loopback: {exposed}"
+    assert _is_loopback(seen["node_ip"])
+    assert not any("dashboard" in n.lower() for n in names), sockets
+
+
+def test_joining_a_cluster_keeps_rays_own_addresses_and_no_dashboard(monkeypatch, tmp_path):
     import ray
 
     from automl.search import driver
@@ -456,11 +512,11 @@ def test_local_ray_binds_to_loopback_without_dashboard(monkeypatch, tmp_path):
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
-    driver._init_ray(None, tmp_path)
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
     driver._init_ray("auto", tmp_path)
-    local, joined = calls
-    assert local["_node_ip_address"] == "127.0.0.1" and local["include_dashboard"] is False
+    (joined,) = calls
     assert joined["address"] == "auto" and joined["include_dashboard"] is False
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ  # a cluster keeps its nodes reachable
 
 
 def test_mlflow_ui_binds_to_loopback_unless_asked(monkeypatch):

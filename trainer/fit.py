@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from trainer.callbacks import Reporter, RunRecorder, StatusFile, _is_tty
+from trainer.callbacks import AtomicCheckpointIO, Reporter, RunRecorder, StatusFile, _is_tty
 from trainer.config import flatten, save_spec, to_plain
 from trainer.errors import CheckpointError, UserError
 from trainer.tracking import TRACKING_FAILURES_FILE, MlflowRun, TrackingConfig
@@ -262,7 +262,7 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
         check_val_every_n_epoch=int(t.validation_interval), accumulate_grad_batches=int(t.accumulate_grad_batches),
         limit_train_batches=limit, log_every_n_steps=int(t.log_every_n_steps), callbacks=all_callbacks, logger=False,
         enable_progress_bar=show_bar, enable_model_summary=show_bar, default_root_dir=str(out),
-        num_sanity_val_steps=0, enable_checkpointing=True, plugins=list(plugins) or None,
+        num_sanity_val_steps=0, enable_checkpointing=True, plugins=[*plugins, AtomicCheckpointIO()],
     )
 
     if mlrun is not None:

@@ -108,8 +108,21 @@ def _init_ray(address: Optional[str], results_dir: Path) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        # a private local Ray, bound to loopback
-        ray.init(num_cpus=os.cpu_count() or 1, _node_ip_address="127.0.0.1", **kwargs)
+        local_ray_on_loopback()
+        ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+
+
+def local_ray_on_loopback() -> None:
+    """Make the private local Ray listen on 127.0.0.1 only (GCS, raylet, object manager, workers, runtime-env agent).
+
+    Ray 2.60 replaces a loopback `_node_ip_address` by the machine's routable IP and its gRPC servers listen on every
+    interface; its single-machine mode (the default on macOS and Windows, `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`) uses
+    the loopback address as the node IP, and every server then binds to it. The variable is read when Ray is
+    imported, so it is set here for the processes Ray starts and the already imported constant is set too."""
+    import ray._private.ray_constants as ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _alive_nodes() -> list[dict[str, Any]]:
