@@ -361,6 +361,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as exc:
         import torch
 
+        from trainer.records import storage_error
+
+        disk = storage_error(exc)
+        if disk is not None:  # disk full / I/O error / read-only: the run recorded what it could and stopped
+            print(f"error: {disk.strerror or disk}" + (f": {disk.filename}" if disk.filename else "")
+                  + "; the run stopped and recorded FAILURE where it could. Free space (or fix the disk) and run "
+                    "again (automl run: add --resume)", file=sys.stderr)
+            return EXIT_USER_ERROR
         if not isinstance(exc, torch.OutOfMemoryError):
             raise
         from trainer.errors import out_of_memory_message

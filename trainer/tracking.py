@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import sys
 import time
@@ -68,6 +69,8 @@ class MlflowRun:
         try:
             from mlflow.tracking import MlflowClient
 
+            # MLflow logs a full traceback for every failed database call; each failure is counted and reported here
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
             self._client = MlflowClient(tracking_uri=self.uri)
             if self.run_id:
                 self._client.update_run(self.run_id, status="RUNNING")
@@ -110,7 +113,7 @@ class MlflowRun:
         try:
             self._client.log_batch(self.run_id, metrics=items)
         except Exception as exc:  # noqa: BLE001
-            self._fail(f"log metrics at step {step}", exc)
+            self._fail(f"log metrics at step {step}", exc, stop_on_full_disk=True)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if not self._ready():
@@ -136,7 +139,15 @@ class MlflowRun:
     def _ready(self) -> bool:
         return self.cfg.enabled and self._client is not None and self.run_id is not None
 
-    def _fail(self, what: str, exc: Exception) -> None:
+    def _fail(self, what: str, exc: Exception, stop_on_full_disk: bool = False) -> None:
+        """Count a failed operation (and append it to `failure_log`). With `stop_on_full_disk`, a full disk or an
+        I/O error under a local store is raised as an OSError instead: the run's own records share that disk, and
+        the run stops cleanly (FAILURE recorded) rather than training on without being able to save."""
+        from trainer.records import storage_error
+
+        disk = storage_error(exc)
+        if stop_on_full_disk and disk is not None and self.uri.startswith("sqlite:"):
+            raise OSError(disk.errno, disk.strerror, self.uri[len("sqlite:///"):]) from None
         msg = f"MLflow ({self.uri}): could not {what}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         if not self.failures:
             print(f"warning: {msg}; training continues, later tracking errors are counted", file=sys.stderr)

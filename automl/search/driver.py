@@ -36,6 +36,7 @@ from automl.search.tracking import ParentRun, bound_http_retries, check_tracking
 from automl.search.trial import TrialContext, run_trial
 from trainer.callbacks import StatusFile
 from trainer.errors import UserError
+from trainer.records import write_json_atomic
 
 STATE_FILE = "search_state.json"
 EXPERIMENT = "search"
@@ -306,12 +307,13 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
     from ray import tune
 
     from trainer.config import flatten, to_plain
-    from trainer.fit import check_writable
+    from trainer.fit import check_free_space, check_writable, run_bytes
     from trainer.tracking import default_tracking_uri
 
     started = time.time()
     results = Path(spec.results_dir).resolve()
     check_writable(results)
+    check_free_space(results, *run_bytes(spec, runs=opts.num_trials))
     state_path = results / STATE_FILE
     state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.is_file() else {}
     storage = Path(opts.storage_path or state.get("storage_path") or results / "ray")
@@ -352,7 +354,7 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
         state = {"parent_run_id": parent.run_id, "tracking_uri": tracking_uri, "storage_path": str(storage),
                  "search_space": str(space_path), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                  "options": asdict(opts)}
-        state_path.write_text(json.dumps(state, indent=2))
+        write_json_atomic(state_path, state)
         parent.log_params({**{f"spec.{k}": v for k, v in flatten({s: to_plain(spec)[s] for s in
                                                                  ("model", "dataset", "train")}).items()},
                            "search.metric": space.metric, "search.mode": space.mode,
@@ -360,7 +362,7 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
                            "search.space": json.dumps(space.to_dict()["parameters"]),
                            "search.resources": json.dumps(resources)})
         space_file = results / "search_space.json"
-        space_file.write_text(json.dumps(space.to_dict(), indent=2))
+        write_json_atomic(space_file, space.to_dict())
         parent.log_artifact(str(space_file))
         status.write("STARTED", f"Search started: {opts.num_trials} trials, {concurrent} at a time, "
                                 f"scheduler {opts.scheduler}, objective {space.metric} ({space.mode})")
@@ -449,7 +451,7 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
     summary["tracking"] = tracking_report(records, parent)
     print()
     print(leaderboard(records, space, winner))
-    (results / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_json_atomic(results / "summary.json", summary)
     from automl.report import report_after_search
 
     report_after_search(results, summary)  # never raises: a failing report costs nothing of the search

@@ -152,9 +152,9 @@ def _replay_finished(reports_file: Path, restored_dir: Optional[Path]) -> bool:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    from trainer.records import write_json_atomic
+
+    write_json_atomic(path, data, indent=1)
 
 
 def _fit_and_report(skill: Any, spec: Any, ctx: TrialContext, trial_id: str, out: Path, tracking: Any,
