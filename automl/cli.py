@@ -361,13 +361,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as exc:
         import torch
 
-        from trainer.records import storage_error
+        from trainer.records import os_error_message
 
-        disk = storage_error(exc)
-        if disk is not None:  # disk full / I/O error / read-only: the run recorded what it could and stopped
-            print(f"error: {disk.strerror or disk}" + (f": {disk.filename}" if disk.filename else "")
-                  + "; the run stopped and recorded FAILURE where it could. Free space (or fix the disk) and run "
-                    "again (automl run: add --resume)", file=sys.stderr)
+        message = os_error_message(exc)  # disk full, read-only, no permission, folder vs file: one line, no trace
+        if message is not None:
+            print(f"error: {message}", file=sys.stderr)
             return EXIT_USER_ERROR
         if not isinstance(exc, torch.OutOfMemoryError):
             raise

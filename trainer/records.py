@@ -124,6 +124,26 @@ def storage_message(err: OSError, where: str | Path) -> str:
     return f"{where}: {what}{name}; the run stopped and its records were closed"
 
 
+def os_error_message(exc: BaseException) -> Optional[str]:
+    """One line for an OSError a user can act on (the disk is full, read-only or failing; no permission; a folder
+    where a file is expected or the other way round), naming the path; None for anything else."""
+    disk = storage_error(exc)
+    if disk is not None and disk.errno != errno.EROFS:
+        where = f": {disk.filename}" if getattr(disk, "filename", None) else ""
+        return (f"{disk.strerror or disk}{where}; the run stopped and recorded FAILURE where it could. Free space "
+                f"(or fix the disk) and run again (automl run: add --resume)")
+    err = disk or (exc if isinstance(exc, OSError) else None)
+    if err is None or err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR):
+        return None
+    path = err.filename or "a results file"
+    if err.errno == errno.EISDIR:
+        return f"{path} is a folder; expected a file"
+    if err.errno == errno.ENOTDIR:
+        return f"{path}: a part of this path is a file, not a folder"
+    return (f"cannot write {path} ({err.strerror}); choose a writable folder for the results (results_dir=PATH; "
+            f"for synth and report: --out PATH)")
+
+
 class DiskReserve:
     """A file of `size` bytes held in `directory` while a run writes; `release()` deletes it so that the final
     records fit on a full disk. Creating it never fails a run (it is best effort: an already full disk gets none)."""
