@@ -589,11 +589,13 @@ def test_lint_every_torch_load_is_weights_only():
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 24 MiB tmpfs mounted for the test (needs root / CAP_SYS_ADMIN; skipped where mounting is refused)."""
+def small_disk(tmp_path, request):
+    """A tmpfs of 24 MiB (or `request.param` MiB) mounted for the test (needs root / CAP_SYS_ADMIN; skipped where
+    mounting is refused)."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], capture_output=True)
+    size = getattr(request, "param", 24)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}m", "tmpfs", str(mnt)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()[:200]}")
     try:
@@ -663,3 +665,46 @@ def test_disk_full_during_training_stops_cleanly_with_a_failure_record(synth_dat
     if last.exists():
         assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] >= 0
     assert not list(results.rglob("*.tmp")), "a temporary file was left behind"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("small_disk", [64], indirect=True)
+def test_disk_full_during_a_search_stops_it_with_every_record_closed_and_resume_continues(synth_data, small_disk,
+                                                                                         tmp_path):
+    """`automl run` on a disk that fills after a trial's second epoch: one message, exit status 2, FAILURE in the
+    search's status.json, no Optuna trial RUNNING and no MLflow run RUNNING; after freeing the space `--resume`
+    finishes the search."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    results = small_disk / "results"
+    tree = search_tree(synth_data, results, epochs=6, num_trials=2, max_concurrent=1)
+    write_yaml(tmp_path / "search.yaml", tree)
+    proc = automl(["run", "-e", "search.yaml"], cwd=tmp_path)
+    deadline = time.time() + 300
+    while not list(results.glob("trials/*/status.json")) and time.time() < deadline:
+        time.sleep(0.05)
+    (trial_status,) = results.glob("trials/*/status.json")
+    filler = fill_when(small_disk, trial_status, 1)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "the disk is full" in errors[0] and "--resume" in errors[0], err[-2000:]
+    records = [json.loads(line) for line in (results / "status.json").read_text().splitlines()]
+    assert records[-1]["status"] == "FAILURE" and records[-1]["reason"] == "disk_full", records[-1]
+
+    filler.unlink()
+    storage = f"sqlite:///{results / 'optuna.db'}"
+    study = optuna.load_study(study_name=f"search-{results.name}", storage=storage)
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs and not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+
+    proc = automl(["run", "-e", "search.yaml", "--resume"], cwd=tmp_path)
+    _, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["states"]["completed"] == 2, summary["states"]

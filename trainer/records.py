@@ -37,6 +37,7 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     raw = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _mode_for(path))  # mkstemp makes 0600; the record gets the mode a plain write would give
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
             fh.flush()
@@ -47,6 +48,15 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def write_json_atomic(path: str | Path, obj: Any, indent: Optional[int] = 2) -> None:

@@ -301,7 +301,26 @@ def _fmt(v: Any) -> str:
 
 
 def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, Any]:
-    """Run (or resume) a search and return the summary written to RESULTS_DIR/summary.json."""
+    """Run (or resume) a search and return the summary written to RESULTS_DIR/summary.json. A full disk or an I/O
+    error anywhere (trials, Tune's state, Optuna, MLflow, the summary) stops the search with its records closed and
+    one message (`automl.search.stop`); `--resume` continues it once there is room."""
+    from automl.search.stop import reserve_for, stop_on_storage_error
+    from trainer.records import storage_error
+
+    results = Path(spec.results_dir).resolve()
+    reserve = reserve_for(results)
+    try:
+        return _run_search(skill, spec, opts)
+    except Exception as exc:
+        if storage_error(exc) is None:
+            raise
+        raise stop_on_storage_error(exc, results, reserve) from None
+    finally:
+        if reserve is not None:
+            reserve.release()
+
+
+def _run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, Any]:
     import optuna
     import ray
     from ray import tune

@@ -6,6 +6,7 @@ trial start/end and a one-line summary at most every 60 s, so a log stays readab
 
 from __future__ import annotations
 
+import errno
 import math
 import sys
 import time
@@ -13,7 +14,7 @@ from typing import Any, Optional
 
 from ray.tune import Callback
 
-from automl.search.guards import FAIL_KEY, PRUNE_KEY, is_finite_number
+from automl.search.guards import DISK_FULL_PREFIX, FAIL_KEY, PRUNE_KEY, SearchStorageError, is_finite_number
 
 
 class TrialTable(Callback):
@@ -46,6 +47,9 @@ class TrialTable(Callback):
         if result.get(FAIL_KEY):
             row["state"] = "error"
             row["reason"] = result.get(FAIL_KEY)
+            if str(result[FAIL_KEY]).startswith(DISK_FULL_PREFIX):  # no trial can write: stop the search
+                raise SearchStorageError(errno.ENOSPC, f"trial {trial.trial_id} could not write "
+                                                       f"({result[FAIL_KEY]})")
             return
         row["epoch"] = int(result.get("epoch", -1)) + 1
         value = result.get(self.space.metric)

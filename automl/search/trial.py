@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
-from automl.search.guards import FAIL_KEY, PRUNE_KEY
+from automl.search.guards import DISK_FULL_PREFIX, FAIL_KEY, PRUNE_KEY
 from automl.search.tracking import TRIAL_TAG, find_child_run
 
 # Test hooks (never set by the CLI or by a spec): see automl/testing.py; the driver reads them once
@@ -183,6 +183,16 @@ def _fit_and_report(skill: Any, spec: Any, ctx: TrialContext, trial_id: str, out
         from trainer.errors import out_of_memory_message
 
         send({ctx.metric: None, FAIL_KEY: f"out_of_memory: {out_of_memory_message(exc)}", "trial_state": "error"})
+        return "error"
+    except OSError as exc:
+        from trainer.records import storage_error
+
+        disk = storage_error(exc)
+        if disk is None:
+            raise
+        # the disk is full (or failing): a retry would fail the same way; the driver stops the search on this report
+        send({ctx.metric: None, FAIL_KEY: f"{DISK_FULL_PREFIX}: {disk.strerror}: {disk.filename or exc}",
+              "trial_state": "error"})
         return "error"
     except NonFiniteLossError as exc:
         send({ctx.metric: None, PRUNE_KEY: exc.reason, "trial_state": "pruned", "diverged_step": exc.step,
