@@ -61,6 +61,7 @@ class MlflowRun:
         self.failures: list[str] = []
         self.failure_log = Path(failure_log) if failure_log else None
         self._client: Any = None
+        self._logged: set[tuple[str, int]] = set()  # (metric, step) the run already holds: never logged twice
 
     # ------------------------------------------------------------------------------------------------------
     def start(self) -> Optional[str]:
@@ -74,6 +75,7 @@ class MlflowRun:
             self._client = MlflowClient(tracking_uri=self.uri)
             if self.run_id:
                 self._client.update_run(self.run_id, status="RUNNING")
+                self._logged = self._steps_logged()
                 return self.run_id
             exp = self._client.get_experiment_by_name(self.cfg.experiment_name)
             exp_id = exp.experiment_id if exp is not None else self._client.create_experiment(
@@ -107,11 +109,12 @@ class MlflowRun:
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
-                 if v is not None and math.isfinite(float(v))]
+                 if v is not None and math.isfinite(float(v)) and (k, int(step)) not in self._logged]
         if not items:
             return
         try:
             self._client.log_batch(self.run_id, metrics=items)
+            self._logged.update((m.key, m.step) for m in items)
         except Exception as exc:  # noqa: BLE001
             self._fail(f"log metrics at step {step}", exc, stop_on_full_disk=True)
 
@@ -134,6 +137,16 @@ class MlflowRun:
                 self._client.set_terminated(self.run_id, status=status)
         except Exception as exc:  # noqa: BLE001
             self._fail("end run", exc)
+
+    def _steps_logged(self) -> set[tuple[str, int]]:
+        """(metric, step) pairs a continued run already holds (a resumed or retried run may redo an epoch that was
+        logged before its checkpoint was taken): those steps are not logged a second time."""
+        try:
+            keys = list(self._client.get_run(self.run_id).data.metrics)
+            return {(k, int(m.step)) for k in keys for m in self._client.get_metric_history(self.run_id, k)}
+        except Exception as exc:  # noqa: BLE001
+            self._fail("read the steps already logged", exc)
+            return set()
 
     # ------------------------------------------------------------------------------------------------------
     def _ready(self) -> bool:

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from ray.tune import Stopper
 
 from automl.search.guards import FAIL_KEY, PRUNE_KEY, GuardedOptunaSearch, build_scheduler, is_finite_number
+from automl.search.resume import driver_identity
 from automl.search.space import SearchSpace, load_search_space
 from automl.search.tracking import ParentRun, bound_http_retries, check_tracking_reachable
 from automl.search.trial import TrialContext, run_trial
@@ -392,7 +393,7 @@ def _run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, 
                        metric=space.metric, mode=space.mode, tracking_uri=tracking_uri,
                        experiment_name=opts.experiment_name, parent_run_id=parent.run_id,
                        cpus_per_trial=resources["cpu"], faults=_fault_hooks(), ddp_workers=res.ddp_workers,
-                       tracking_env=tracking_env)
+                       tracking_env=tracking_env, driver_pid=driver_identity()[0], driver_host=driver_identity()[1])
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), res.tune)
 
     from automl.search.progress import TrialTable
@@ -430,7 +431,7 @@ def _run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, 
     records = collect_trials(grid, space, num_epochs, baseline)
     for r in records:
         r.results_dir = str(results / "trials" / r.trial_id)
-    _close_orphans(results, f"search-{results.name}")
+    optuna_orphans = _close_orphans(results, f"search-{results.name}")
     orphans = _orphaned_trials(results, records)
     winner = pick_winner(records, space.mode)
 
@@ -445,6 +446,7 @@ def _run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, 
         "winner": None, "trials": [asdict(r) for r in records],
         "orphaned_trials": [{"trial_id": t, "results_dir": str(results / "trials" / t), "reason": ORPHAN_REASON}
                             for t in orphans],
+        "orphaned_optuna_trials": optuna_orphans,  # every trial the Optuna study holds is listed in this summary
         "mlflow": {"tracking_uri": tracking_uri, "experiment": opts.experiment_name,
                    "parent_run_id": parent.run_id},
         "optuna_storage": f"sqlite:///{results / 'optuna.db'}",
@@ -573,17 +575,25 @@ def _orphaned_trials(results: Path, records: list[TrialRecord]) -> list[str]:
     return sorted(d.name for d in trials.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in known)
 
 
-def _close_orphans(results: Path, study_name: str) -> None:
+OPTUNA_ORPHAN_REASON = ("Optuna trial asked for just before the driver died, never run by a Tune trial; recorded FAIL "
+                        "so that no trial stays RUNNING")
+
+
+def _close_orphans(results: Path, study_name: str) -> list[dict[str, Any]]:
     """An Optuna trial asked for just before a driver crash is known to no Tune trial: mark it FAIL so that no
-    trial stays RUNNING in the study."""
+    trial stays RUNNING in the study, and return it for summary.json's `orphaned_optuna_trials`."""
     import optuna
 
     try:
         study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{results / 'optuna.db'}")
     except Exception:  # noqa: BLE001
-        return
+        return []
+    closed = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, "automl.orphan_reason", OPTUNA_ORPHAN_REASON)
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        closed.append({"optuna_trial": t.number, "params": dict(t.params), "reason": OPTUNA_ORPHAN_REASON})
+    return closed
 
 
 def finalize_winner(skill: Any, spec: DictConfig, winner: TrialRecord, results: Path, space: SearchSpace,

@@ -51,6 +51,8 @@ class TrialContext:
     tracking_env: dict[str, str] = field(default_factory=dict)  # MLflow HTTP retry settings (fail fast)
     fixed: dict[str, Any] = field(default_factory=dict)  # overrides applied to every trial
     ddp_workers: int = 0  # > 1: each trial is a DDP run over this many processes (one GPU each)
+    driver_pid: int = 0  # the driver process: a worker on its node stops when it is gone (automl.search.resume)
+    driver_host: str = ""
 
 
 def _trial_index(trial_id: str, trials_dir: str) -> int:
@@ -79,6 +81,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     import ray
 
     os.environ.update(ctx.tracking_env)  # read by MLflow's HTTP client at each request
+    from automl.search.resume import newest_checkpoint, stop_with_driver
+
+    stop_with_driver(ctx.driver_pid, ctx.driver_host)
     trial_id = tune.get_context().get_trial_id()
     skill = get_skill(ctx.skill_name)
     out = Path(ctx.trials_dir) / trial_id
@@ -122,8 +127,11 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         import torch
 
         torch.set_num_threads(max(int(ctx.cpus_per_trial), 1))
-        if restored_dir is not None and (restored_dir / "last.ckpt").is_file():
-            spec.train.resume_training_checkpoint_path = str(restored_dir / "last.ckpt")
+        point = newest_checkpoint(restored_dir, out, ctx.metric)  # the trial folder's may be newer than Tune's
+        if point.path is not None:
+            spec.train.resume_training_checkpoint_path = str(point.path)
+        for payload in point.unseen:  # epochs finished after Tune's snapshot: reported, not trained again
+            send(payload)
         _fit_and_report(skill, spec, ctx, trial_id, out, tracking, send)
     _write_json_atomic(out / REPORTS_FILE, {"trial_id": trial_id, "reports": sent})
 
