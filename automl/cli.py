@@ -373,8 +373,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         print(f"error: out of memory: {out_of_memory_message(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
         return 130
 
 

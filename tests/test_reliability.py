@@ -708,3 +708,151 @@ def test_disk_full_during_a_search_stops_it_with_every_record_closed_and_resume_
     assert proc.returncode == 0, err[-3000:]
     summary = json.loads((results / "summary.json").read_text())
     assert summary["states"]["completed"] == 2, summary["states"]
+
+
+def test_records_on_a_full_disk_are_whole_or_absent(small_disk):
+    """On a really full disk: a status line that does not fit leaves the file as it was (no half line); a record
+    rewritten atomically keeps its previous content; the disk reserve gives back room for the last line."""
+    from trainer.callbacks import StatusFile
+    from trainer.records import DiskReserve, read_json_lines, write_json_atomic
+
+    status = StatusFile(small_disk / "status.json", reserve=None)
+    status.write("STARTED", "begin")
+    summary = small_disk / "summary.json"
+    write_json_atomic(summary, {"trials": 1})
+    reserve = DiskReserve(small_disk, size=256 * 1024)
+    filler = fill_disk(small_disk)
+    before = (small_disk / "status.json").read_bytes()
+    with pytest.raises(OSError):
+        status.write("RUNNING", "x" * 20000)  # several pages: cannot fit
+    assert (small_disk / "status.json").read_bytes() == before
+    with pytest.raises(OSError):
+        write_json_atomic(summary, {"trials": 2, "pad": "y" * 200000})
+    assert json.loads(summary.read_text()) == {"trials": 1}
+    assert not [p for p in small_disk.iterdir() if p.name.endswith(".tmp")]
+    status.reserve = reserve  # with a reserve, the last record fits
+    status.write("FAILURE", "disk full", reason="disk_full", pad="z" * 20000)
+    assert [r["status"] for r in status.read()] == ["STARTED", "FAILURE"]
+    filler.unlink()
+    with open(small_disk / "status.json", "a") as fh:  # a line cut by something else (an older writer, a copy)
+        fh.write('{"date": "11/30/2026", "time"')
+    assert [r["status"] for r in read_json_lines(small_disk / "status.json")] == ["STARTED", "FAILURE"]
+
+
+def test_the_newest_complete_checkpoint_wins_and_unseen_epochs_are_reported_not_retrained(tmp_path):
+    import torch
+
+    from automl.search.resume import newest_checkpoint
+
+    def ckpt(path: Path, epoch: int) -> None:
+        history = [{"epoch": e, "train_loss": 1.0 / (e + 1), "val/loss": 0.5 / (e + 1)} for e in range(epoch + 1)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"epoch": epoch, "state_dict": {}, "callbacks": {"RunRecorder": {"history": history}}}, path)
+
+    tune_dir = tmp_path / "tune"
+    trial = tmp_path / "trial"
+    ckpt(tune_dir / "last.ckpt", 0)
+    ckpt(trial / "checkpoints" / "last.ckpt", 2)  # written after Tune's snapshot (or after the driver died)
+    point = newest_checkpoint(tune_dir, trial, "val/loss")
+    assert point.path == trial / "checkpoints" / "last.ckpt" and point.epoch == 2
+    assert [p["epoch"] for p in point.unseen] == [1, 2] and point.unseen[0]["val/loss"] == pytest.approx(0.25)
+    ckpt(tune_dir / "last.ckpt", 2)  # Tune is up to date: its checkpoint, nothing to report again
+    point = newest_checkpoint(tune_dir, trial, "val/loss")
+    assert point.path == tune_dir / "last.ckpt" and point.unseen == []
+    (trial / "checkpoints" / "last.ckpt").write_bytes(b"cut short")  # unreadable: never a place to resume from
+    assert newest_checkpoint(None, trial, "val/loss").path is None
+
+
+def test_a_continued_mlflow_run_never_gets_the_same_step_twice(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from trainer.tracking import MlflowRun, TrackingConfig
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = MlflowRun(TrackingConfig(uri=uri, experiment_name="x"), tmp_path)
+    first.start()
+    first.log_metrics({"val/loss": 0.5, "train_loss": 0.7}, step=0)
+    again = MlflowRun(TrackingConfig(uri=uri, experiment_name="x", run_id=first.run_id), tmp_path)
+    again.start()  # a resumed trial that redoes epoch 0 before its first checkpoint
+    again.log_metrics({"val/loss": 0.4, "train_loss": 0.6}, step=0)
+    again.log_metrics({"val/loss": 0.3, "train_loss": 0.5}, step=1)
+    client = MlflowClient(tracking_uri=uri)
+    for key in ("val/loss", "train_loss"):
+        assert [m.step for m in client.get_metric_history(first.run_id, key)] == [0, 1]
+
+
+def test_a_worker_stops_when_its_driver_is_gone(tmp_path):
+    """A process standing in for a trial's worker watches a stand-in driver; once the driver is killed, the worker
+    ends by itself within about a second (instead of finishing an epoch nobody will see)."""
+    import socket
+
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from automl.search.resume import stop_with_driver; "
+                               f"stop_with_driver({driver.pid}, {socket.gethostname()!r}, interval=0.2); "
+                               "time.sleep(60); sys.exit(0)"],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+    time.sleep(3.0)
+    assert worker.poll() is None  # the driver lives: the worker goes on
+    driver.kill()
+    driver.wait()
+    started = time.time()
+    _, err = worker.communicate(timeout=30)
+    assert worker.returncode == 1 and time.time() - started < 5
+    assert f"driver (pid {driver.pid}) is gone" in err and "--resume" in err
+
+
+def epochs_trained_twice(results: Path) -> int:
+    """Epochs a trial recorded as finished more than once (status.json "Epoch N finished"), over all trials."""
+    twice = 0
+    for status in results.glob("trials/*/status.json"):
+        epochs = [r["epoch"] for r in status_lines(status.parent) if str(r.get("message", "")).startswith("Epoch ")]
+        twice += len(epochs) - len(set(epochs))
+    return twice
+
+
+def duplicate_mlflow_steps(results: Path) -> int:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    dup = 0
+    for run in client.search_runs([e.experiment_id for e in client.search_experiments()]):
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            dup += len(steps) - len(set(steps))
+    return dup
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_driver_killed_right_after_an_epoch_checkpoint_resumes_without_retraining(synth_data, tmp_path):
+    """kill -9 of the driver's process group as soon as a trial has recorded its epoch 0 (its checkpoint is on
+    disk, Tune's snapshot may not have it yet), then `--resume`: no epoch is trained twice, MLflow holds each step
+    once, the workers stopped with their driver, and every Optuna trial is in summary.json."""
+    import optuna
+
+    results = tmp_path / "results"
+    write_yaml(tmp_path / "search.yaml", search_tree(synth_data, results, epochs=3, num_trials=2, max_concurrent=2))
+    proc = automl(["run", "-e", "search.yaml"], cwd=tmp_path, start_new_session=True)
+    deadline = time.time() + 400
+    while time.time() < deadline and not any('"epoch": 0,' in p.read_text()
+                                             for p in results.glob("trials/*/status.json")):
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    workers = [t for t in results.glob("trials/*") if t.is_dir()]
+    time.sleep(3.0)
+    marks = {t: (t / "status.json").read_text() for t in workers}
+    time.sleep(2.0)  # a worker that outlived its driver would record an epoch here
+    assert all((t / "status.json").read_text() == marks[t] for t in workers)
+
+    proc = automl(["run", "-e", "search.yaml", "--resume"], cwd=tmp_path)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["states"]["completed"] == 2, summary["states"]
+    assert epochs_trained_twice(results) == 0
+    assert duplicate_mlflow_steps(results) == 0
+    study = optuna.load_study(study_name=f"search-{results.name}", storage=f"sqlite:///{results / 'optuna.db'}")
+    listed = len(summary["trials"]) + len(summary.get("orphaned_optuna_trials", []))
+    assert len(study.trials) == listed, (len(study.trials), listed)

@@ -32,6 +32,7 @@ from ray.tune import Stopper
 
 from automl.search.guards import FAIL_KEY, PRUNE_KEY, GuardedOptunaSearch, build_scheduler, is_finite_number
 from automl.search.resume import driver_identity
+from automl.search.stop import search_interrupted, stop_signals
 from automl.search.space import SearchSpace, load_search_space
 from automl.search.tracking import ParentRun, bound_http_retries, check_tracking_reachable
 from automl.search.trial import TrialContext, run_trial
@@ -427,7 +428,10 @@ def _run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, 
         tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=opts.num_trials,
             max_concurrent_trials=concurrent, reuse_actors=False), run_config=run_config)
-    grid = tuner.fit()
+    with stop_signals() as signals:  # SIGTERM stops the search as gracefully as Ctrl-C (Tune saves its state)
+        grid = tuner.fit()
+    if signals.interrupted:  # Tune returned with trials unfinished: nothing is final, --resume continues
+        raise search_interrupted(results, status, table.unfinished)
     records = collect_trials(grid, space, num_epochs, baseline)
     for r in records:
         r.results_dir = str(results / "trials" / r.trial_id)

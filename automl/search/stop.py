@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import signal
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from trainer.errors import UserError
 from trainer.records import DiskReserve, storage_error, storage_message
@@ -47,8 +49,56 @@ def stop_on_storage_error(exc: BaseException, results: Path, reserve: Optional[D
     closed = {"optuna_trials": _fail_running_optuna_trials(results, reason),
               "mlflow_runs": _fail_running_mlflow_runs(results, reason, message)}
     _status_failure(results, message, reason, closed)
-    return SearchStopped(f"{message} ({closed['optuna_trials']} Optuna trials told FAIL, {closed['mlflow_runs']} MLflow "
-                         f"runs ended FAILED). Free space and continue with: automl run ... --resume")
+    return SearchStopped(f"{message} ({closed['optuna_trials']} Optuna trials told FAIL, {closed['mlflow_runs']} "
+                         f"MLflow runs ended FAILED). Free space and continue with: automl run ... --resume")
+
+
+class StopSignals:
+    """What `stop_signals` saw: `interrupted` once the block has ended."""
+
+    interrupted = False
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[StopSignals]:
+    """Around `tuner.fit()`: SIGTERM (a `kill`, a job scheduler's stop) is handled like Ctrl-C, which Ray Tune
+    catches to stop the trials and save the experiment, so `--resume` continues from there. Tune hands the SIGINT
+    handler it replaced back only when the signal came, which tells an interrupted search from a finished one
+    (`StopSignals.interrupted`); a second Ctrl-C then raises KeyboardInterrupt at once."""
+    seen = StopSignals()
+
+    def on_int(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    def on_term(_signum: int, _frame: Any) -> None:
+        seen.interrupted = True
+        os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_int), signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread: leave signals alone
+        yield seen
+        return
+    try:
+        yield seen
+    finally:
+        seen.interrupted = seen.interrupted or signal.getsignal(signal.SIGINT) is on_int
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+
+
+def search_interrupted(results: Path, status: Any, unfinished: list[str]) -> KeyboardInterrupt:
+    """Record that the search was stopped from outside (SIGINT/SIGTERM) and return the interrupt to raise: one line
+    saying how to continue. Nothing is marked final: the Optuna trials, the MLflow runs and Tune's state are kept
+    for `--resume`."""
+    message = (f"the search was stopped with {len(unfinished)} trial(s) unfinished; its state is saved in {results}; "
+               f"continue with: automl run ... --resume")
+    try:
+        status.write("STOPPED", message, reason="interrupted", unfinished=unfinished, resumable=True)
+    except OSError as exc:
+        log.warning("could not record the stop in %s: %s", results / "status.json", exc)
+    _shutdown_ray()
+    return KeyboardInterrupt(message)
 
 
 def _shutdown_ray() -> None:
