@@ -856,3 +856,33 @@ def test_driver_killed_right_after_an_epoch_checkpoint_resumes_without_retrainin
     study = optuna.load_study(study_name=f"search-{results.name}", storage=f"sqlite:///{results / 'optuna.db'}")
     listed = len(summary["trials"]) + len(summary.get("orphaned_optuna_trials", []))
     assert len(study.trials) == listed, (len(study.trials), listed)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_sigterm_or_sigint_of_the_driver_stops_gracefully_and_resumes(synth_data, tmp_path, signame):
+    """The driver gets SIGTERM (a `kill`, a scheduler) or SIGINT (Ctrl-C) once a trial has recorded an epoch: it
+    ends with one line saying how to continue (exit status 130, no traceback), status.json ends STOPPED and no
+    summary claims a result; `--resume` then finishes the search without training an epoch twice."""
+    results = tmp_path / "results"
+    write_yaml(tmp_path / "search.yaml", search_tree(synth_data, results, epochs=4, num_trials=2, max_concurrent=2))
+    proc = automl(["run", "-e", "search.yaml"], cwd=tmp_path)
+    deadline = time.time() + 400
+    while time.time() < deadline and not any('"epoch": 0,' in p.read_text()
+                                             for p in results.glob("trials/*/status.json")):
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, signame))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith(("error:", "interrupted"))]
+    assert len(said) == 1 and "--resume" in said[0], said
+    assert status_lines(results)[-1]["status"] == "STOPPED"
+    assert not (results / "summary.json").exists()
+
+    proc = automl(["run", "-e", "search.yaml", "--resume"], cwd=tmp_path)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert json.loads((results / "summary.json").read_text())["states"]["completed"] == 2
+    assert epochs_trained_twice(results) == 0

@@ -112,7 +112,7 @@ def _init_ray(address: Optional[str], results_dir: Path) -> None:
         ray.init(address=address, **kwargs)
     else:
         local_ray_on_loopback()
-        ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, **kwargs)  # never a cluster found on this machine
 
 
 def local_ray_on_loopback() -> None:

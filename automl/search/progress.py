@@ -25,7 +25,6 @@ class TrialTable(Callback):
         self._last_draw = 0.0
         self._drawn_lines = 0
         self._last_summary = time.time()
-        self.unfinished: list[str] = []  # trials not ended when Tune returned (the search was interrupted)
 
     @property
     def stream(self) -> Any:
@@ -76,8 +75,10 @@ class TrialTable(Callback):
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._event(f"retry     {trial.trial_id}  (worker failed; continuing from its last checkpoint)")
 
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    @property
+    def unfinished(self) -> list[str]:
+        """Trials started or waiting that have not ended (after an interrupted search: what --resume continues)."""
+        return [tid for tid, row in self.rows.items() if row["state"] in ("running", "pending")]
 
     def _seed_from_restored(self, trial: Any, row: dict[str, Any]) -> None:
         last = getattr(trial, "last_result", None) or {}

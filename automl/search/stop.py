@@ -91,8 +91,9 @@ def search_interrupted(results: Path, status: Any, unfinished: list[str]) -> Key
     """Record that the search was stopped from outside (SIGINT/SIGTERM) and return the interrupt to raise: one line
     saying how to continue. Nothing is marked final: the Optuna trials, the MLflow runs and Tune's state are kept
     for `--resume`."""
-    message = (f"the search was stopped with {len(unfinished)} trial(s) unfinished; its state is saved in {results}; "
-               f"continue with: automl run ... --resume")
+    which = f" with {len(unfinished)} trial(s) unfinished ({', '.join(unfinished)})" if unfinished else ""
+    message = (f"the search was stopped{which}; its state is saved in {results}; continue with: automl run ... "
+               f"--resume")
     try:
         status.write("STOPPED", message, reason="interrupted", unfinished=unfinished, resumable=True)
     except OSError as exc:
