@@ -604,8 +604,9 @@ def small_disk(tmp_path, request):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def fill_disk(mnt: Path) -> Path:
-    """Write zeros to `mnt` until the disk is full; returns the file (delete it to free the space)."""
+def fill_disk(mnt: Path, leave: int = 0) -> Path:
+    """Write zeros to `mnt` until the disk is full, then give back `leave` bytes; returns the file (delete it to
+    free the space)."""
     filler = mnt / "filler.bin"
     with open(filler, "wb") as fh:
         try:
@@ -614,16 +615,18 @@ def fill_disk(mnt: Path) -> Path:
                 fh.flush()
         except OSError:
             pass
+    if leave:
+        os.truncate(filler, max(filler.stat().st_size - leave, 0))
     return filler
 
 
-def fill_when(mnt: Path, status: Path, epoch: int, timeout: float = 300) -> Path:
-    """Fill the disk as soon as `status` records the end of epoch `epoch`."""
+def fill_when(mnt: Path, status: Path, epoch: int, timeout: float = 300, leave: int = 0) -> Path:
+    """Fill the disk (but `leave` bytes) as soon as `status` records the end of epoch `epoch`."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         text = status.read_text() if status.is_file() else ""
         if f'"epoch": {epoch},' in text:
-            return fill_disk(mnt)
+            return fill_disk(mnt, leave)
         time.sleep(0.02)
     raise AssertionError(f"{status} never recorded epoch {epoch}")
 
@@ -636,19 +639,23 @@ def automl(args: list[str], cwd: Path, **kw: Any) -> subprocess.Popen:
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_disk_full_during_training_stops_cleanly_with_a_failure_record(synth_data, small_disk, tmp_path):
+@pytest.mark.parametrize("room", [0, 512 * 1024], ids=["any-write", "checkpoint"])
+def test_disk_full_during_training_stops_cleanly_with_a_failure_record(synth_data, small_disk, tmp_path, room):
     """`automl off` on a disk that fills after the first epoch: exit status 2 with one message and no traceback,
     every status.json line whole and the last one FAILURE (disk_full), the MLflow run FAILED, and the checkpoint on
-    disk complete (the previous one, never a cut file)."""
+    disk complete (the previous one, never a cut file). [checkpoint]: 512 KiB are left, room for the records but not
+    for the next checkpoint (about 1.9 MiB), so the checkpoint write is the one that fails."""
     results = small_disk / "results"
     tree = tiny_spec_tree(synth_data, results, epochs=40)
     write_yaml(tmp_path / "spec.yaml", tree)
     proc = automl(["off", "-e", "spec.yaml"], cwd=tmp_path)
-    filler = fill_when(small_disk, results / "status.json", 0)
+    filler = fill_when(small_disk, results / "status.json", 0, leave=room)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     assert "No space left on device" in err and "the run stopped" in err, err[-2000:]
+    if room:
+        assert ".ckpt" in err, err[-2000:]  # the message names the checkpoint it could not write
     lines = (results / "status.json").read_text().splitlines()
     records = [json.loads(line) for line in lines]  # every line whole
     assert records[-1]["status"] == "FAILURE" and records[-1]["reason"] == "disk_full", records[-1]
