@@ -893,3 +893,50 @@ def test_sigterm_or_sigint_of_the_driver_stops_gracefully_and_resumes(synth_data
     assert proc.returncode == 0, err[-3000:]
     assert json.loads((results / "summary.json").read_text())["states"]["completed"] == 2
     assert epochs_trained_twice(results) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_disk_full_while_writing_the_summary_closes_the_records_and_resume_writes_it(synth_data, tmp_path,
+                                                                                    monkeypatch, capsys):
+    """The last write of a search, summary.json, fails with ENOSPC (injected: the trials have already used the
+    disk): one message, exit status 2, FAILURE recorded, MLflow parent run FAILED and no Optuna trial RUNNING; once
+    there is room, `--resume` writes the summary without training again."""
+    import errno
+
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from automl.cli import main
+    from automl.search import driver
+
+    real = driver.write_json_atomic
+
+    def full_at_summary(path: Any, obj: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path).name == "summary.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, obj, *args, **kwargs)
+
+    monkeypatch.setattr(driver, "write_json_atomic", full_at_summary)
+    results = tmp_path / "results"
+    spec = write_yaml(tmp_path / "search.yaml", search_tree(synth_data, results, epochs=2, num_trials=2,
+                                                            max_concurrent=2))
+    rc = main(["run", "-e", str(spec)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    said = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(said) == 1 and "the disk is full" in said[0] and "summary.json" in said[0], said
+    assert status_lines(results)[-1]["status"] == "FAILURE"
+    study = optuna.load_study(study_name=f"search-{results.name}", storage=f"sqlite:///{results / 'optuna.db'}")
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    fits = {p: p.stat().st_mtime for p in results.glob("trials/*/fit.json")}
+    assert len(fits) == 2
+
+    monkeypatch.setattr(driver, "write_json_atomic", real)  # room again
+    rc = main(["run", "-e", str(spec), "--resume"])
+    assert rc == 0, capsys.readouterr().err[-3000:]
+    assert json.loads((results / "summary.json").read_text())["states"]["completed"] == 2
+    assert {p: p.stat().st_mtime for p in results.glob("trials/*/fit.json")} == fits  # nothing trained again
