@@ -15,6 +15,7 @@ Layout of RESULTS_DIR:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -25,7 +26,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from ray.tune import Stopper
@@ -111,21 +112,34 @@ def _init_ray(address: Optional[str], results_dir: Path) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        local_ray_on_loopback()
-        ray.init(address="local", num_cpus=os.cpu_count() or 1, **kwargs)  # never a cluster found on this machine
+        with local_ray_on_loopback():  # address=local: never a cluster someone else started on this machine
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, **kwargs)
 
 
-def local_ray_on_loopback() -> None:
+@contextlib.contextmanager
+def local_ray_on_loopback() -> Iterator[None]:
     """Make the private local Ray listen on 127.0.0.1 only (GCS, raylet, object manager, workers, runtime-env agent).
 
     Ray 2.60 replaces a loopback `_node_ip_address` by the machine's routable IP and its gRPC servers listen on every
     interface; its single-machine mode (the default on macOS and Windows, `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`) uses
     the loopback address as the node IP, and every server then binds to it. The variable is read when Ray is
-    imported, so it is set here for the processes Ray starts and the already imported constant is set too."""
+    imported, so it is set for the processes Ray starts (GCS, raylet; the workers inherit the raylet's environment) and
+    the already imported constant is set too, both only while Ray starts: a later `ray start` or `--address` run in
+    this process is not affected."""
     import ray._private.ray_constants as ray_constants
 
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    key = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    saved = os.environ.get(key), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[key] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
 
 
 def _alive_nodes() -> list[dict[str, Any]]:
