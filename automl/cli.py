@@ -386,14 +386,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as exc:
         import torch
 
+        from trainer.records import os_error_message
+
+        message = os_error_message(exc)  # disk full, read-only, no permission, folder vs file: one line, no trace
+        if message is not None:
+            print(f"error: {message}", file=sys.stderr)
+            return EXIT_USER_ERROR
         if not isinstance(exc, torch.OutOfMemoryError):
             raise
         from trainer.errors import out_of_memory_message
 
         print(f"error: out of memory: {out_of_memory_message(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
         return 130
 
 

@@ -258,3 +258,89 @@ def test_resume_checkpoint_truncated_or_of_another_model_or_running_code(trained
                   capsys)
     assert rc == 2 and f"{key}: {trained_checkpoint}: checkpoint (lightning layout) does not fit the model" in err
     assert "embed_dim 32" in err and "embed_dim 64" in err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# where results cannot be written: a read-only disk, a file in the way, a folder given as a file
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def read_only_disk(tmp_path):
+    """An empty tmpfs mounted read-only (needs root / CAP_SYS_ADMIN; skipped where mounting is refused): writes fail
+    with EROFS, which no chmod can give a root user."""
+    import subprocess
+
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.decode().strip()[:200]}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_read_only_results_dir_is_one_message_for_every_action(synth_data, read_only_disk, tmp_path, capsys):
+    from tests.test_export import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "model.ckpt")
+    spec = write_yaml(tmp_path / "spec.yaml", tiny_spec_tree(synth_data, tmp_path / "unused"))
+    out = read_only_disk / "results"
+    calls = {
+        "synth": ["synth", "--out", str(out), "--num", "2", "--size", "56x70"],
+        "off": ["off", "-e", str(spec), f"results_dir={out}"],
+        "run": ["run", "-e", str(spec), f"results_dir={out}", "--num-trials", "1"],
+        "evaluate": ["evaluate", "-e", str(spec), f"results_dir={out}", f"evaluate.checkpoint={ckpt}",
+                     f"dataset.test_dataset.data_sources=[{{data_file: {synth_data / 'val.txt'}, "
+                     f"dataset_name: NYUDV2}}]"],
+        "inference": ["inference", "-e", str(spec), f"results_dir={out}", f"inference.checkpoint={ckpt}",
+                      f"dataset.infer_dataset.data_root={synth_data}"],
+        "export": ["export", "-e", str(spec), f"results_dir={out}", f"export.checkpoint={ckpt}", "export.on_cpu=true"],
+    }
+    for action, argv in calls.items():
+        rc, err = run(argv, capsys)
+        assert rc == 2, (action, err[-2000:])
+        assert "Read-only file system" in err or "not writable" in err, (action, err[-2000:])
+        assert str(out) in err, (action, err[-2000:])
+        assert len([l for l in err.splitlines() if l.startswith("error:")]) == 1, (action, err)
+
+
+def test_a_folder_where_a_file_is_expected_and_a_file_where_a_folder_is(synth_data, tmp_path, capsys):
+    from tests.test_export import make_checkpoint
+
+    spec = write_yaml(tmp_path / "spec.yaml", tiny_spec_tree(synth_data, tmp_path / "results"))
+    rc, err = run(["off", "-e", str(tmp_path)], capsys)  # the spec: a folder
+    assert rc == 2 and f"{tmp_path} is a folder; expected a YAML spec file" in err
+    resume_dir = tmp_path / "old"
+    make_checkpoint(resume_dir / "checkpoints" / "last.ckpt")
+    rc, err = run(["off", "-e", str(spec), f"train.resume_training_checkpoint_path={resume_dir}"], capsys)
+    assert rc == 2 and f"{resume_dir} is a folder; expected a checkpoint file" in err, err
+    assert str(resume_dir / "checkpoints" / "last.ckpt") in err  # the file the user probably meant
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    rc, err = run(["off", "-e", str(spec), f"results_dir={blocker}"], capsys)
+    assert rc == 2 and f"results directory {blocker} is a file, expected a folder" in err, err
+
+
+def test_a_binary_spec_file_is_named_not_a_traceback(tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_bytes(bytes(random_bytes(3000)))
+    rc, err = run(["off", "-e", str(spec)], capsys)
+    assert rc == 2 and f"invalid spec {spec}" in err and "not a text file" in err and "UTF-8" in err, err
+
+
+def random_bytes(n: int, seed: int = 17) -> bytes:
+    """Bytes that are not UTF-8 (a 0xff at the start, the rest random), like `head -c N /dev/urandom`."""
+    rng = np.random.default_rng(seed)
+    return b"\xff" + rng.integers(0, 256, n - 1, dtype=np.uint8).tobytes()
+
+
+def test_random_bytes_as_a_checkpoint_are_called_unreadable_not_code(synth_data, tmp_path, capsys):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(random_bytes(3000, seed=3)[1:] + b"\x00")
+    spec = write_yaml(tmp_path / "spec.yaml", tiny_spec_tree(synth_data, tmp_path / "results"))
+    rc, err = run(["export", "-e", str(spec), f"export.checkpoint={junk}", "export.on_cpu=true"], capsys)
+    assert rc == 2 and str(junk) in err and "not a readable checkpoint" in err, err
+    assert "run Python code" not in err and "refused" not in err, err

@@ -343,10 +343,14 @@ def test_unwritable_results_dir_stops_a_search_before_ray_starts(tiny_spec_tree_
     rc = main(["run", "-e", str(spec), f"results_dir={blocker / 'search'}"])
     err = capsys.readouterr().err
     assert rc == EXIT_USER_ERROR
-    assert f"results directory {blocker / 'search'} is not writable" in err and "results_dir=PATH" in err
+    assert f"results directory {blocker / 'search'} cannot be created: {blocker} is a file, not a folder" in err
+    assert "results_dir=PATH" in err
     rc = main(["run", "-e", str(spec), "--storage-path", str(blocker / "ray")])
     err = capsys.readouterr().err
-    assert rc == EXIT_USER_ERROR and f"{blocker / 'ray'} is not writable" in err
+    assert rc == EXIT_USER_ERROR and f"{blocker} is a file, not a folder" in err
+    rc = main(["run", "-e", str(spec), f"results_dir={blocker}"])  # the results folder itself is a file
+    err = capsys.readouterr().err
+    assert rc == EXIT_USER_ERROR and f"results directory {blocker} is a file, expected a folder" in err
 
 
 @pytest.mark.parametrize("action", ["run", "off"])
@@ -360,7 +364,7 @@ def test_full_disk_is_refused_before_training(tiny_spec_tree_file, monkeypatch, 
 
     def nearly_full(path):
         usage = real(path)
-        return type(usage)(usage.total, usage.total - 50 * 2**20, 50 * 2**20)  # 50 MiB free
+        return type(usage)(usage.total, usage.total - 10 * 2**20, 10 * 2**20)  # 10 MiB free
 
     monkeypatch.setattr("trainer.fit.shutil.disk_usage", nearly_full)
     monkeypatch.setattr(driver, "_init_ray", _must_not_run("Ray was started"))
@@ -368,7 +372,9 @@ def test_full_disk_is_refused_before_training(tiny_spec_tree_file, monkeypatch, 
     rc = main([action, "-e", str(spec)])
     err = capsys.readouterr().err
     assert rc == EXIT_USER_ERROR
-    assert f"results directory {results}" in err and "only 50 MiB free" in err and "at least 200 MiB" in err
+    assert f"results directory {results}" in err and "only 10 MiB free" in err, err
+    # the estimate counts checkpoints (last, best, the one being written) of this spec's model, per trial
+    assert "MiB are needed (" in err and "3 checkpoints of" in err, err
     assert not (results / "checkpoints").exists() and not (results / "trials").exists()
 
 
@@ -448,7 +454,63 @@ def test_a_trial_that_ended_before_the_snapshot_caught_up_replays_instead_of_tra
 # --------------------------------------------------------------------------------------------------------------
 
 
-def test_local_ray_binds_to_loopback_without_dashboard(monkeypatch, tmp_path):
+RAY_SOCKETS = """
+import json, os, sys, time
+import psutil, ray
+from pathlib import Path
+from automl.search.driver import _init_ray
+
+_init_ray(None, Path(sys.argv[1]))
+
+@ray.remote
+def pid():
+    return os.getpid()
+
+workers = set(ray.get([pid.remote() for _ in range(2)]))
+time.sleep(1.0)  # the runtime-env agent and the object manager are up by now
+found = []
+for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+    try:
+        for c in proc.net_connections(kind="inet"):
+            if c.status == psutil.CONN_LISTEN:
+                found.append({"pid": proc.pid, "name": proc.name(), "ip": c.laddr.ip, "port": c.laddr.port})
+    except psutil.Error:
+        pass
+print(json.dumps({"sockets": found, "workers": sorted(workers), "node_ip": ray.util.get_node_ip_address()}))
+ray.shutdown()
+"""
+
+
+def _is_loopback(ip: str) -> bool:
+    import ipaddress
+
+    addr = ipaddress.ip_address(ip)
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback
+
+
+@pytest.mark.timeout(240)
+def test_local_ray_listens_on_loopback_only(tmp_path):
+    """Start Ray the way `automl run` does (no --address) and list the sockets its processes listen on: the driver,
+    the GCS, the raylet, the workers and agents: every one on a loopback address, and no dashboard."""
+    pytest.importorskip("psutil")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    proc = subprocess.run([sys.executable, "-c", RAY_SOCKETS, str(tmp_path)], capture_output=True, text=True,
+                          env=env, timeout=200, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    sockets = seen["sockets"]
+    names = {s["name"] for s in sockets}
+    assert {"gcs_server", "raylet"} <= names, sockets  # the test saw Ray's servers, not an empty list
+    assert any(s["pid"] in seen["workers"] for s in sockets), sockets  # and the workers' own servers
+    exposed = [s for s in sockets if not _is_loopback(s["ip"])]
+    assert not exposed, f"Ray processes listening beyond loopback: {exposed}"
+    assert _is_loopback(seen["node_ip"])
+    assert not any("dashboard" in n.lower() for n in names), sockets
+
+
+def test_joining_a_cluster_keeps_rays_own_addresses_and_no_dashboard(monkeypatch, tmp_path):
     import ray
 
     from automl.search import driver
@@ -456,11 +518,11 @@ def test_local_ray_binds_to_loopback_without_dashboard(monkeypatch, tmp_path):
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
-    driver._init_ray(None, tmp_path)
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
     driver._init_ray("auto", tmp_path)
-    local, joined = calls
-    assert local["_node_ip_address"] == "127.0.0.1" and local["include_dashboard"] is False
+    (joined,) = calls
     assert joined["address"] == "auto" and joined["include_dashboard"] is False
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ  # a cluster keeps its nodes reachable
 
 
 def test_mlflow_ui_binds_to_loopback_unless_asked(monkeypatch):
@@ -519,3 +581,362 @@ def test_lint_every_torch_load_is_weights_only():
             if not safe:
                 found.append(f"{where}: {ast.unparse(node)[:120]}")
     assert not found, "\n".join(found)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# a disk that fills up during a run (a real, small tmpfs: root only, skipped elsewhere)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path, request):
+    """A tmpfs of 24 MiB (or `request.param` MiB) mounted for the test (needs root / CAP_SYS_ADMIN; skipped where
+    mounting is refused)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    size = getattr(request, "param", 24)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}m", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()[:200]}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill_disk(mnt: Path, leave: int = 0) -> Path:
+    """Write zeros to `mnt` until the disk is full, then give back `leave` bytes; returns the file (delete it to
+    free the space)."""
+    filler = mnt / "filler.bin"
+    with open(filler, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+    if leave:
+        os.truncate(filler, max(filler.stat().st_size - leave, 0))
+    return filler
+
+
+def fill_when(mnt: Path, status: Path, epoch: int, timeout: float = 300, leave: int = 0) -> Path:
+    """Fill the disk (but `leave` bytes) as soon as `status` records the end of epoch `epoch`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        text = status.read_text() if status.is_file() else ""
+        if f'"epoch": {epoch},' in text:
+            return fill_disk(mnt, leave)
+        time.sleep(0.02)
+    raise AssertionError(f"{status} never recorded epoch {epoch}")
+
+
+def automl(args: list[str], cwd: Path, **kw: Any) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "automl.cli", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("room", [0, 512 * 1024], ids=["any-write", "checkpoint"])
+def test_disk_full_during_training_stops_cleanly_with_a_failure_record(synth_data, small_disk, tmp_path, room):
+    """`automl off` on a disk that fills after the first epoch: exit status 2 with one message and no traceback,
+    every status.json line whole and the last one FAILURE (disk_full), the MLflow run FAILED, and the checkpoint on
+    disk complete (the previous one, never a cut file). [checkpoint]: 512 KiB are left, room for the records but not
+    for the next checkpoint (about 1.9 MiB), so the checkpoint write is the one that fails."""
+    results = small_disk / "results"
+    tree = tiny_spec_tree(synth_data, results, epochs=40)
+    write_yaml(tmp_path / "spec.yaml", tree)
+    proc = automl(["off", "-e", "spec.yaml"], cwd=tmp_path)
+    filler = fill_when(small_disk, results / "status.json", 0, leave=room)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert "No space left on device" in err and "the run stopped" in err, err[-2000:]
+    if room:
+        assert ".ckpt" in err, err[-2000:]  # the message names the checkpoint it could not write
+    lines = (results / "status.json").read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line whole
+    assert records[-1]["status"] == "FAILURE" and records[-1]["reason"] == "disk_full", records[-1]
+    assert records[-1]["epochs_completed"] >= 1
+    filler.unlink()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FAILED" and run.data.tags.get("failure_reason") == "disk_full"
+    import torch
+
+    last = results / "checkpoints" / "last.ckpt"
+    if last.exists():
+        assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] >= 0
+    assert not list(results.rglob("*.tmp")), "a temporary file was left behind"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("small_disk", [64], indirect=True)
+def test_disk_full_during_a_search_stops_it_with_every_record_closed_and_resume_continues(synth_data, small_disk,
+                                                                                         tmp_path):
+    """`automl run` on a disk that fills after a trial's second epoch: one message, exit status 2, FAILURE in the
+    search's status.json, no Optuna trial RUNNING and no MLflow run RUNNING; after freeing the space `--resume`
+    finishes the search."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    results = small_disk / "results"
+    tree = search_tree(synth_data, results, epochs=6, num_trials=2, max_concurrent=1)
+    write_yaml(tmp_path / "search.yaml", tree)
+    proc = automl(["run", "-e", "search.yaml"], cwd=tmp_path)
+    deadline = time.time() + 300
+    while not list(results.glob("trials/*/status.json")) and time.time() < deadline:
+        time.sleep(0.05)
+    (trial_status,) = results.glob("trials/*/status.json")
+    filler = fill_when(small_disk, trial_status, 1)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "the disk is full" in errors[0] and "--resume" in errors[0], err[-2000:]
+    records = [json.loads(line) for line in (results / "status.json").read_text().splitlines()]
+    assert records[-1]["status"] == "FAILURE" and records[-1]["reason"] == "disk_full", records[-1]
+
+    filler.unlink()
+    storage = f"sqlite:///{results / 'optuna.db'}"
+    study = optuna.load_study(study_name=f"search-{results.name}", storage=storage)
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs and not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+
+    proc = automl(["run", "-e", "search.yaml", "--resume"], cwd=tmp_path)
+    _, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["states"]["completed"] == 2, summary["states"]
+
+
+def test_records_on_a_full_disk_are_whole_or_absent(small_disk):
+    """On a really full disk: a status line that does not fit leaves the file as it was (no half line); a record
+    rewritten atomically keeps its previous content; the disk reserve gives back room for the last line."""
+    from trainer.callbacks import StatusFile
+    from trainer.records import DiskReserve, read_json_lines, write_json_atomic
+
+    status = StatusFile(small_disk / "status.json", reserve=None)
+    status.write("STARTED", "begin")
+    summary = small_disk / "summary.json"
+    write_json_atomic(summary, {"trials": 1})
+    reserve = DiskReserve(small_disk, size=256 * 1024)
+    filler = fill_disk(small_disk)
+    before = (small_disk / "status.json").read_bytes()
+    with pytest.raises(OSError):
+        status.write("RUNNING", "x" * 20000)  # several pages: cannot fit
+    assert (small_disk / "status.json").read_bytes() == before
+    with pytest.raises(OSError):
+        write_json_atomic(summary, {"trials": 2, "pad": "y" * 200000})
+    assert json.loads(summary.read_text()) == {"trials": 1}
+    assert not [p for p in small_disk.iterdir() if p.name.endswith(".tmp")]
+    status.reserve = reserve  # with a reserve, the last record fits
+    status.write("FAILURE", "disk full", reason="disk_full", pad="z" * 20000)
+    assert [r["status"] for r in status.read()] == ["STARTED", "FAILURE"]
+    filler.unlink()
+    with open(small_disk / "status.json", "a") as fh:  # a line cut by something else (an older writer, a copy)
+        fh.write('{"date": "11/30/2026", "time"')
+    assert [r["status"] for r in read_json_lines(small_disk / "status.json")] == ["STARTED", "FAILURE"]
+
+
+def test_the_newest_complete_checkpoint_wins_and_unseen_epochs_are_reported_not_retrained(tmp_path):
+    import torch
+
+    from automl.search.resume import newest_checkpoint
+
+    def ckpt(path: Path, epoch: int) -> None:
+        history = [{"epoch": e, "train_loss": 1.0 / (e + 1), "val/loss": 0.5 / (e + 1)} for e in range(epoch + 1)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"epoch": epoch, "state_dict": {}, "callbacks": {"RunRecorder": {"history": history}}}, path)
+
+    tune_dir = tmp_path / "tune"
+    trial = tmp_path / "trial"
+    ckpt(tune_dir / "last.ckpt", 0)
+    ckpt(trial / "checkpoints" / "last.ckpt", 2)  # written after Tune's snapshot (or after the driver died)
+    point = newest_checkpoint(tune_dir, trial, "val/loss")
+    assert point.path == trial / "checkpoints" / "last.ckpt" and point.epoch == 2
+    assert [p["epoch"] for p in point.unseen] == [1, 2] and point.unseen[0]["val/loss"] == pytest.approx(0.25)
+    ckpt(tune_dir / "last.ckpt", 2)  # Tune is up to date: its checkpoint, nothing to report again
+    point = newest_checkpoint(tune_dir, trial, "val/loss")
+    assert point.path == tune_dir / "last.ckpt" and point.unseen == []
+    (trial / "checkpoints" / "last.ckpt").write_bytes(b"cut short")  # unreadable: never a place to resume from
+    assert newest_checkpoint(None, trial, "val/loss").path is None
+
+
+def test_a_continued_mlflow_run_never_gets_the_same_step_twice(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from trainer.tracking import MlflowRun, TrackingConfig
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = MlflowRun(TrackingConfig(uri=uri, experiment_name="x"), tmp_path)
+    first.start()
+    first.log_metrics({"val/loss": 0.5, "train_loss": 0.7}, step=0)
+    again = MlflowRun(TrackingConfig(uri=uri, experiment_name="x", run_id=first.run_id), tmp_path)
+    again.start()  # a resumed trial that redoes epoch 0 before its first checkpoint
+    again.log_metrics({"val/loss": 0.4, "train_loss": 0.6}, step=0)
+    again.log_metrics({"val/loss": 0.3, "train_loss": 0.5}, step=1)
+    client = MlflowClient(tracking_uri=uri)
+    for key in ("val/loss", "train_loss"):
+        assert [m.step for m in client.get_metric_history(first.run_id, key)] == [0, 1]
+
+
+def test_a_worker_stops_when_its_driver_is_gone(tmp_path):
+    """A process standing in for a trial's worker watches a stand-in driver; once the driver is killed, the worker
+    ends by itself within about a second (instead of finishing an epoch nobody will see)."""
+    import socket
+
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from automl.search.resume import stop_with_driver; "
+                               f"stop_with_driver({driver.pid}, {socket.gethostname()!r}, interval=0.2); "
+                               "time.sleep(60); sys.exit(0)"],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+    time.sleep(3.0)
+    assert worker.poll() is None  # the driver lives: the worker goes on
+    driver.kill()
+    driver.wait()
+    started = time.time()
+    _, err = worker.communicate(timeout=30)
+    assert worker.returncode == 1 and time.time() - started < 5
+    assert f"driver (pid {driver.pid}) is gone" in err and "--resume" in err
+
+
+def epochs_trained_twice(results: Path) -> int:
+    """Epochs a trial recorded as finished more than once (status.json "Epoch N finished"), over all trials."""
+    twice = 0
+    for status in results.glob("trials/*/status.json"):
+        epochs = [r["epoch"] for r in status_lines(status.parent) if str(r.get("message", "")).startswith("Epoch ")]
+        twice += len(epochs) - len(set(epochs))
+    return twice
+
+
+def duplicate_mlflow_steps(results: Path) -> int:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    dup = 0
+    for run in client.search_runs([e.experiment_id for e in client.search_experiments()]):
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            dup += len(steps) - len(set(steps))
+    return dup
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_driver_killed_right_after_an_epoch_checkpoint_resumes_without_retraining(synth_data, tmp_path):
+    """kill -9 of the driver's process group as soon as a trial has recorded its epoch 0 (its checkpoint is on
+    disk, Tune's snapshot may not have it yet), then `--resume`: no epoch is trained twice, MLflow holds each step
+    once, the workers stopped with their driver, and every Optuna trial is in summary.json."""
+    import optuna
+
+    results = tmp_path / "results"
+    write_yaml(tmp_path / "search.yaml", search_tree(synth_data, results, epochs=3, num_trials=2, max_concurrent=2))
+    proc = automl(["run", "-e", "search.yaml"], cwd=tmp_path, start_new_session=True)
+    deadline = time.time() + 400
+    while time.time() < deadline and not any('"epoch": 0,' in p.read_text()
+                                             for p in results.glob("trials/*/status.json")):
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    workers = [t for t in results.glob("trials/*") if t.is_dir()]
+    time.sleep(3.0)
+    marks = {t: (t / "status.json").read_text() for t in workers}
+    time.sleep(2.0)  # a worker that outlived its driver would record an epoch here
+    assert all((t / "status.json").read_text() == marks[t] for t in workers)
+
+    proc = automl(["run", "-e", "search.yaml", "--resume"], cwd=tmp_path)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["states"]["completed"] == 2, summary["states"]
+    assert epochs_trained_twice(results) == 0
+    assert duplicate_mlflow_steps(results) == 0
+    study = optuna.load_study(study_name=f"search-{results.name}", storage=f"sqlite:///{results / 'optuna.db'}")
+    listed = len(summary["trials"]) + len(summary.get("orphaned_optuna_trials", []))
+    assert len(study.trials) == listed, (len(study.trials), listed)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_sigterm_or_sigint_of_the_driver_stops_gracefully_and_resumes(synth_data, tmp_path, signame):
+    """The driver gets SIGTERM (a `kill`, a scheduler) or SIGINT (Ctrl-C) once a trial has recorded an epoch: it
+    ends with one line saying how to continue (exit status 130, no traceback), status.json ends STOPPED and no
+    summary claims a result; `--resume` then finishes the search without training an epoch twice."""
+    results = tmp_path / "results"
+    write_yaml(tmp_path / "search.yaml", search_tree(synth_data, results, epochs=4, num_trials=2, max_concurrent=2))
+    proc = automl(["run", "-e", "search.yaml"], cwd=tmp_path)
+    deadline = time.time() + 400
+    while time.time() < deadline and not any('"epoch": 0,' in p.read_text()
+                                             for p in results.glob("trials/*/status.json")):
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, signame))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith(("error:", "interrupted"))]
+    assert len(said) == 1 and "--resume" in said[0], said
+    assert status_lines(results)[-1]["status"] == "STOPPED"
+    assert not (results / "summary.json").exists()
+
+    proc = automl(["run", "-e", "search.yaml", "--resume"], cwd=tmp_path)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert json.loads((results / "summary.json").read_text())["states"]["completed"] == 2
+    assert epochs_trained_twice(results) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_disk_full_while_writing_the_summary_closes_the_records_and_resume_writes_it(synth_data, tmp_path,
+                                                                                    monkeypatch, capsys):
+    """The last write of a search, summary.json, fails with ENOSPC (injected: the trials have already used the
+    disk): one message, exit status 2, FAILURE recorded, MLflow parent run FAILED and no Optuna trial RUNNING; once
+    there is room, `--resume` writes the summary without training again."""
+    import errno
+
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from automl.cli import main
+    from automl.search import driver
+
+    real = driver.write_json_atomic
+
+    def full_at_summary(path: Any, obj: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path).name == "summary.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, obj, *args, **kwargs)
+
+    monkeypatch.setattr(driver, "write_json_atomic", full_at_summary)
+    results = tmp_path / "results"
+    spec = write_yaml(tmp_path / "search.yaml", search_tree(synth_data, results, epochs=2, num_trials=2,
+                                                            max_concurrent=2))
+    rc = main(["run", "-e", str(spec)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    said = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(said) == 1 and "the disk is full" in said[0] and "summary.json" in said[0], said
+    assert status_lines(results)[-1]["status"] == "FAILURE"
+    study = optuna.load_study(study_name=f"search-{results.name}", storage=f"sqlite:///{results / 'optuna.db'}")
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    fits = {p: p.stat().st_mtime for p in results.glob("trials/*/fit.json")}
+    assert len(fits) == 2
+
+    monkeypatch.setattr(driver, "write_json_atomic", real)  # room again
+    rc = main(["run", "-e", str(spec), "--resume"])
+    assert rc == 0, capsys.readouterr().err[-3000:]
+    assert json.loads((results / "summary.json").read_text())["states"]["completed"] == 2
+    assert {p: p.stat().st_mtime for p in results.glob("trials/*/fit.json")} == fits  # nothing trained again

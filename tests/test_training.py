@@ -181,4 +181,4 @@ def test_unwritable_results_dir_fails_before_training(tiny_spec, tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(UserError) as exc:
         fit(tiny_spec(results_dir=blocker / "sub"), progress=False)
-    assert "not writable" in str(exc.value) and "results_dir" in str(exc.value)
+    assert f"{blocker} is a file, not a folder" in str(exc.value) and "results_dir" in str(exc.value)

@@ -155,5 +155,5 @@ def test_a_trial_error_with_an_empty_message_is_described_not_raised():
     assert first_line(RuntimeError("")) == "RuntimeError"
     assert deterministic_failure(DataError("")) == "bad_data: DataError"
     assert deterministic_failure(CheckpointError("\n  x.pth: not found\n")) == "bad_checkpoint: x.pth: not found"
-    assert deterministic_failure(OSError(28, "No space left on device", "/r/last.ckpt")).startswith("out_of_disk")
+    assert deterministic_failure(OSError(28, "No space left on device", "/r/last.ckpt")).startswith("storage_error")
     assert deterministic_failure(ConnectionResetError(104, "reset")) is None  # may pass on a retry

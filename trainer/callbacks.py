@@ -4,6 +4,7 @@ reporter), and the `last.ckpt` that a resumed run or a retried trial continues f
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import math
 import sys
@@ -13,26 +14,41 @@ from typing import Any, Callable, Mapping, Optional
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins import TorchCheckpointIO
 
 from trainer.errors import NonFiniteLossError
+from trainer.records import DiskReserve, append_line, read_json_lines, storage_error, storage_message, write_atomic
 from trainer.tracking import MlflowRun
 
 Reporter = Callable[[int, Mapping[str, float], Optional[str]], None]
 
 
 class StatusFile:
-    """TAO-style `status.json`: one JSON object per line (STARTED, RUNNING with a `kpi` block, SUCCESS/FAILURE)."""
+    """TAO-style `status.json`: one JSON object per line (STARTED, RUNNING with a `kpi` block, SUCCESS/FAILURE).
 
-    def __init__(self, path: str | Path):
+    Each line is appended whole or not at all (`trainer.records.append_line`); `read()` skips a line that does not
+    parse. When `reserve` is set (a `DiskReserve` in the same folder) and the disk is full, the reserve is given back
+    and the line written again, so the last record (FAILURE with the reason) still fits."""
+
+    def __init__(self, path: str | Path, reserve: Optional[DiskReserve] = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.reserve = reserve
 
     def write(self, status: str, message: str, **fields: Any) -> None:
         now = _dt.datetime.now()
         line = {"date": now.strftime("%m/%d/%Y"), "time": now.strftime("%H:%M:%S"), "status": status,
                 "verbosity": "INFO" if status != "FAILURE" else "ERROR", "message": message, **fields}
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(line, default=_json_default) + "\n")
+        text = json.dumps(line, default=_json_default)
+        try:
+            append_line(self.path, text)
+        except OSError as exc:
+            if storage_error(exc) is None or self.reserve is None or not self.reserve.release():
+                raise
+            append_line(self.path, text)
+
+    def read(self) -> list[dict[str, Any]]:
+        return read_json_lines(self.path)
 
 
 def _json_default(o: Any) -> Any:
@@ -87,6 +103,8 @@ class RunRecorder(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_start = time.time()
         if trainer.is_global_zero:
+            if self.status.reserve is None:  # room for the last records when the disk fills during the run
+                self.status.reserve = DiskReserve(self.status.path.parent)
             if self.mlflow is not None:
                 if self.restored_run_id and not self.mlflow.run_id:
                     self.mlflow.run_id = self.restored_run_id
@@ -95,6 +113,10 @@ class RunRecorder(pl.Callback):
                 if not resuming:
                     self.mlflow.log_params(self.params)
             self._announce_resume = bool(trainer.ckpt_path)  # loop state is restored after this hook
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.status.reserve is not None:
+            self.status.reserve.release()
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._announce_resume and trainer.is_global_zero:
@@ -164,10 +186,22 @@ class RunRecorder(pl.Callback):
         _drop_optimizer_state(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """Record how the run ended (STOPPED, or FAILURE with the reason) and end the MLflow run; never raises, so
+        the original exception is the one the caller sees. A full disk first gives back the reserve, so that these
+        last records fit."""
         self.failure = exception
         _drop_optimizer_state(trainer)
         if not trainer.is_global_zero:
             return
+        try:
+            self._record_end(trainer, exception)
+        except OSError as exc:
+            print(f"warning: could not record the end of the run in {self.status.path}: {exc}", file=sys.stderr)
+        finally:
+            if self.status.reserve is not None:
+                self.status.reserve.release()
+
+    def _record_end(self, trainer: pl.Trainer, exception: BaseException) -> None:
         stopped = isinstance(exception, (KeyboardInterrupt, SystemExit))
         if stopped and trainer.max_epochs and len(self.history) >= trainer.max_epochs:
             # stopped at its last report (a search scheduler ends every trial there): every epoch was trained
@@ -185,6 +219,18 @@ class RunRecorder(pl.Callback):
                 self.mlflow.set_tags({"stopped": "interrupted"})
                 self.mlflow.end("KILLED")
             return
+        disk = storage_error(exception)
+        if disk is not None:
+            if self.status.reserve is not None:
+                self.status.reserve.release()
+            reason = "disk_full" if disk.errno in (errno.ENOSPC, errno.EDQUOT) else "storage_error"
+            message = storage_message(disk, self.status.path.parent)
+            self.status.write("FAILURE", message, reason=reason, epochs_completed=len(self.history),
+                              last_checkpoint=self.last_checkpoint)
+            if self.mlflow is not None:
+                self.mlflow.set_tags({"failure_reason": reason, "failure_message": message})
+                self.mlflow.end("FAILED")
+            return
         reason = getattr(exception, "reason", None) or type(exception).__name__
         extra: dict[str, Any] = {"reason": reason}
         if isinstance(exception, NonFiniteLossError):
@@ -199,6 +245,21 @@ def _drop_optimizer_state(trainer: pl.Trainer) -> None:
     """Lightning's teardown moves the optimizer state to the CPU; once a run has ended nothing reads it (it is in
     last.ckpt), and on a GPU whose process a search scheduler is ending, that copy raced with the process exit."""
     trainer.strategy.optimizers = []
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic: the checkpoint goes to a temporary file beside its target, is
+    fsynced and renamed over it, so `last.ckpt` / `best.ckpt` are always complete (the previous one or the new one),
+    also when the process is killed or the disk fills while saving."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        import io
+
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(target, buf.getvalue())
 
 
 def _is_tty() -> bool:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from trainer.callbacks import StatusFile
 from trainer.metrics import MetricAccumulator
 from trainer.module import as_depth
+from trainer.records import write_json_atomic
 from trainer.runtime import Predictor, build_predictor, predict_images, resize_prediction
 from trainer.constants import RELATIVE
 
@@ -86,7 +87,7 @@ def evaluate(spec: DictConfig, *, progress: bool = True) -> dict[str, Any]:
         "skipped_samples": dict(getattr(loader.dataset, "skipped", {}) or {}),
         "wall_time_s": round(time.time() - started, 2),
     }
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    write_json_atomic(out / "metrics.json", result)
     StatusFile(out / "status.json").write("SUCCESS", "Evaluation finished", kpi=metrics, num_images=count)
     print(f"\nevaluated {count} images with {predictor.description}")
     print(format_table(metrics))

@@ -35,6 +35,7 @@ from omegaconf import DictConfig
 
 from trainer.errors import CheckpointError, UserError
 from trainer.constants import METRIC, PATCH_SIZE as PATCH, RELATIVE
+from trainer.records import write_atomic
 
 __all__ = [
     "INPUT_NAME",
@@ -113,7 +114,7 @@ def read_sidecar(path: str | Path, what: str = "ONNX file") -> dict[str, Any]:
 def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    write_atomic(p, json.dumps(data, indent=2, default=str) + "\n")  # a sidecar is complete or absent
     return p
 
 

@@ -18,9 +18,10 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from trainer.callbacks import Reporter, RunRecorder, StatusFile, _is_tty
+from trainer.callbacks import AtomicCheckpointIO, Reporter, RunRecorder, StatusFile, _is_tty
 from trainer.config import save_spec, to_plain
 from trainer.errors import CheckpointError, UserError, first_line
+from trainer.records import write_json_atomic
 from trainer.tracking import TRACKING_FAILURES_FILE, MlflowRun, TrackingConfig, curated_params
 
 # Lightning chatter that says nothing actionable to our users
@@ -81,20 +82,60 @@ def results_dir_of(spec: DictConfig) -> Path:
     return Path(spec.train.results_dir or spec.results_dir)
 
 
-def check_writable(directory: Path, min_free_mb: int = 200) -> None:
-    """Fail before any training when results cannot be written (permissions, read-only mount, full disk)."""
+def check_writable(directory: Path, min_free_mb: int = 0) -> None:
+    """Fail before any training when results cannot be written (a file in the way, permissions, read-only mount,
+    full disk). How much room a run needs is `check_free_space`'s job."""
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"results directory {directory} is a file, expected a folder (or a path that does not exist "
+                        f"yet); choose another with results_dir=PATH")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         probe = directory / f".write-test-{uuid.uuid4().hex[:8]}"
         probe.write_bytes(b"x" * 1024)
         probe.unlink()
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in directory.parents if p.exists() and not p.is_dir()), directory)
+        raise UserError(f"results directory {directory} cannot be created: {blocker} is a file, not a folder; "
+                        f"choose another with results_dir=PATH") from None
     except OSError as exc:
         raise UserError(f"results directory {directory} is not writable ({exc.strerror or exc}); "
                         f"choose another with results_dir=PATH") from None
-    free_mb = shutil.disk_usage(directory).free / 2**20
-    if free_mb < min_free_mb:
-        raise UserError(f"results directory {directory}: only {free_mb:.0f} MiB free on its disk, at least "
-                        f"{min_free_mb} MiB are needed for checkpoints; free space or choose another results_dir")
+    if min_free_mb:
+        check_free_space(directory, min_free_mb * 2**20, "a minimum")
+
+
+# what a run keeps on disk: last.ckpt, best.ckpt and the temporary file of the checkpoint being written
+CHECKPOINTS_ON_DISK = 3
+RUN_MARGIN_BYTES = 16 * 2**20  # status.json, spec, logs, MLflow rows, the disk reserve
+
+
+def checkpoint_bytes(spec: DictConfig) -> int:
+    """Estimated size of one training checkpoint of `spec`'s model: fp32 weights and buffers plus AdamW's two
+    moments per trained parameter. The network is built on the meta device (no memory, well under a second)."""
+    from trainer.model.depth_anything import build_model
+
+    with torch.device("meta"):
+        model = build_model(spec)
+    total = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return 4 * (total + 2 * trained)
+
+
+def run_bytes(spec: DictConfig, runs: int = 1) -> tuple[int, str]:
+    """What `runs` training runs of `spec` write at most (checkpoints x kept + a margin), and how that was counted."""
+    one = checkpoint_bytes(spec)
+    need = runs * (CHECKPOINTS_ON_DISK * one + RUN_MARGIN_BYTES)
+    who = f"{runs} runs x " if runs > 1 else ""
+    return need, (f"{who}{CHECKPOINTS_ON_DISK} checkpoints of {one / 2**20:.1f} MiB (last, best, the one being "
+                  f"written) + {RUN_MARGIN_BYTES // 2**20} MiB for records")
+
+
+def check_free_space(directory: Path, needed: int, how: str) -> None:
+    """UserError when the disk of `directory` has less than `needed` bytes free; `how` says how it was counted."""
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise UserError(f"results directory {directory}: only {free / 2**20:.0f} MiB free on its disk, about "
+                        f"{needed / 2**20:.0f} MiB are needed ({how}); free space or choose another results_dir")
 
 
 def _accelerator(spec: DictConfig) -> tuple[str, Any, str]:
@@ -195,6 +236,7 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
     quiet_library_logs()
     out = results_dir_of(spec)
     check_writable(out)
+    check_free_space(out, *run_bytes(spec))
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     save_spec(spec, out / "spec.yaml")
@@ -240,7 +282,7 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
         check_val_every_n_epoch=int(t.validation_interval), accumulate_grad_batches=int(t.accumulate_grad_batches),
         limit_train_batches=limit, log_every_n_steps=int(t.log_every_n_steps), callbacks=all_callbacks, logger=False,
         enable_progress_bar=show_bar, enable_model_summary=show_bar, default_root_dir=str(out),
-        num_sanity_val_steps=0, enable_checkpointing=True, plugins=list(plugins) or None,
+        num_sanity_val_steps=0, enable_checkpointing=True, plugins=[*plugins, AtomicCheckpointIO()],
     )
 
     if mlrun is not None:
@@ -285,7 +327,7 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
                             f"best_{monitor}": str(best_value)})
             mlrun.end("FINISHED")
             result.tracking_failures = list(mlrun.failures)
-        (out / "fit.json").write_text(json.dumps(result.to_json(), indent=2))
+        write_json_atomic(out / "fit.json", result.to_json())
     return result
 
 
@@ -297,6 +339,10 @@ def _check_run(spec: DictConfig) -> tuple[FastPath, Optional[str]]:
     if fast.precision == "fp16" and not torch.cuda.is_available():
         raise UserError("train.precision=fp16 needs a GPU; use fp32 (or bf16) on the CPU")
     resume = t.resume_training_checkpoint_path or None
+    if resume and Path(resume).is_dir():
+        inside = [p for p in (Path(resume) / "last.ckpt", Path(resume) / "checkpoints" / "last.ckpt") if p.is_file()]
+        raise CheckpointError(f"train.resume_training_checkpoint_path: {resume} is a folder; expected a checkpoint "
+                              f"file" + (f", e.g. {inside[0]}" if inside else " (RESULTS_DIR/checkpoints/last.ckpt)"))
     if resume and not Path(resume).is_file():
         raise CheckpointError(f"train.resume_training_checkpoint_path: file not found: {resume}")
     if t.num_threads:

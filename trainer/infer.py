@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from trainer.callbacks import StatusFile
+from trainer.records import write_json_atomic
 from trainer.runtime import build_predictor, predict_images, resize_prediction
 from trainer.constants import METRIC
 
@@ -76,7 +77,7 @@ def inference(spec: DictConfig, *, progress: bool = True) -> dict[str, Any]:
                             "size": [h, w], "min": float(depth.min()), "max": float(depth.max())})
     summary = {"model": predictor.description, "kind": "metric depth (m)" if metric else "relative disparity",
                "images": written, "wall_time_s": round(time.time() - started, 2)}
-    (out / "inference.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out / "inference.json", summary)
     StatusFile(out / "status.json").write("SUCCESS", "Inference finished", num_images=len(written))
     print(f"wrote depth for {len(written)} images to {out} ({summary['kind']}; raw as "
           f"{'PFM' if spec.inference.save_raw_pfm else 'NPY'})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import sys
 import time
@@ -100,6 +101,7 @@ class MlflowRun:
         self.failure_log = Path(failure_log) if failure_log else None
         self.spec_file: Optional[Path] = None  # logged by `log_params` as the artifact spec.yaml
         self._client: Any = None
+        self._logged: set[tuple[str, int]] = set()  # (metric, step) the run already holds: never logged twice
 
     # ------------------------------------------------------------------------------------------------------
     def start(self) -> Optional[str]:
@@ -109,9 +111,12 @@ class MlflowRun:
             from mlflow.tracking import MlflowClient
 
             quiet_mlflow_logs()
+            # MLflow logs a full traceback for every failed database call; each failure is counted and reported here
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
             self._client = MlflowClient(tracking_uri=self.uri)
             if self.run_id:
                 self._client.update_run(self.run_id, status="RUNNING")
+                self._logged = self._steps_logged()
                 return self.run_id
             exp = self._client.get_experiment_by_name(self.cfg.experiment_name)
             exp_id = exp.experiment_id if exp is not None else self._client.create_experiment(
@@ -154,13 +159,14 @@ class MlflowRun:
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
-                 if v is not None and math.isfinite(float(v))]
+                 if v is not None and math.isfinite(float(v)) and (k, int(step)) not in self._logged]
         if not items:
             return
         try:
             self._client.log_batch(self.run_id, metrics=items)
+            self._logged.update((m.key, m.step) for m in items)
         except Exception as exc:  # noqa: BLE001
-            self._fail(f"log metrics at step {step}", exc)
+            self._fail(f"log metrics at step {step}", exc, stop_on_full_disk=True)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if not self._ready():
@@ -182,11 +188,29 @@ class MlflowRun:
         except Exception as exc:  # noqa: BLE001
             self._fail("end run", exc)
 
+    def _steps_logged(self) -> set[tuple[str, int]]:
+        """(metric, step) pairs a continued run already holds (a resumed or retried run may redo an epoch that was
+        logged before its checkpoint was taken): those steps are not logged a second time."""
+        try:
+            keys = list(self._client.get_run(self.run_id).data.metrics)
+            return {(k, int(m.step)) for k in keys for m in self._client.get_metric_history(self.run_id, k)}
+        except Exception as exc:  # noqa: BLE001
+            self._fail("read the steps already logged", exc)
+            return set()
+
     # ------------------------------------------------------------------------------------------------------
     def _ready(self) -> bool:
         return self.cfg.enabled and self._client is not None and self.run_id is not None
 
-    def _fail(self, what: str, exc: Exception) -> None:
+    def _fail(self, what: str, exc: Exception, stop_on_full_disk: bool = False) -> None:
+        """Count a failed operation (and append it to `failure_log`). With `stop_on_full_disk`, a full disk or an
+        I/O error under a local store is raised as an OSError instead: the run's own records share that disk, and
+        the run stops cleanly (FAILURE recorded) rather than training on without being able to save."""
+        from trainer.records import storage_error
+
+        disk = storage_error(exc)
+        if stop_on_full_disk and disk is not None and self.uri.startswith("sqlite:"):
+            raise OSError(disk.errno, disk.strerror, self.uri[len("sqlite:///"):]) from None
         msg = f"MLflow ({self.uri}): could not {what}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         if not self.failures:
             print(f"warning: {msg}; training continues, later tracking errors are counted", file=sys.stderr)

@@ -15,6 +15,7 @@ Layout of RESULTS_DIR:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -25,18 +26,21 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from ray.tune import Stopper
 from ray.tune.stopper import CombinedStopper
 
 from automl.search.guards import FAIL_KEY, PRUNE_KEY, GuardedOptunaSearch, build_scheduler, is_finite_number
+from automl.search.resume import driver_identity
+from automl.search.stop import search_interrupted, stop_signals
 from automl.search.space import SearchSpace, load_search_space
 from automl.search.tracking import ParentRun, bound_http_retries, check_tracking_reachable
 from automl.search.trial import TrialContext, run_trial, warm_workers_enabled
 from trainer.callbacks import StatusFile
 from trainer.errors import UserError, first_line
+from trainer.records import write_json_atomic
 
 STATE_FILE = "search_state.json"
 EXPERIMENT = "search"
@@ -114,7 +118,34 @@ def _init_ray(address: Optional[str], results_dir: Path) -> None:
         # a private local Ray, bound to loopback; token authentication stays on (Ray's default), its notice about
         # that on every run is not repeated
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        ray.init(num_cpus=os.cpu_count() or 1, _node_ip_address="127.0.0.1", **kwargs)
+        with local_ray_on_loopback():  # address=local: never a cluster someone else started on this machine
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, **kwargs)
+
+
+@contextlib.contextmanager
+def local_ray_on_loopback() -> Iterator[None]:
+    """Make the private local Ray listen on 127.0.0.1 only (GCS, raylet, object manager, workers, runtime-env agent).
+
+    Ray 2.60 replaces a loopback `_node_ip_address` by the machine's routable IP and its gRPC servers listen on every
+    interface; its single-machine mode (the default on macOS and Windows, `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`) uses
+    the loopback address as the node IP, and every server then binds to it. The variable is read when Ray is
+    imported, so it is set for the processes Ray starts (GCS, raylet; the workers inherit the raylet's environment) and
+    the already imported constant is set too, both only while Ray starts: a later `ray start` or `--address` run in
+    this process is not affected."""
+    import ray._private.ray_constants as ray_constants
+
+    key = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    saved = os.environ.get(key), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[key] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
 
 
 def _alive_nodes() -> list[dict[str, Any]]:
@@ -316,18 +347,38 @@ def _fmt(v: Any) -> str:
 
 
 def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, Any]:
-    """Run (or resume) a search and return the summary written to RESULTS_DIR/summary.json."""
+    """Run (or resume) a search and return the summary written to RESULTS_DIR/summary.json. A full disk or an I/O
+    error anywhere (trials, Tune's state, Optuna, MLflow, the summary) stops the search with its records closed and
+    one message (`automl.search.stop`); `--resume` continues it once there is room."""
+    from automl.search.stop import reserve_for, stop_on_storage_error
+    from trainer.records import storage_error
+
+    results = Path(spec.results_dir).resolve()
+    reserve = reserve_for(results)
+    try:
+        return _run_search(skill, spec, opts)
+    except Exception as exc:
+        if storage_error(exc) is None:
+            raise
+        raise stop_on_storage_error(exc, results, reserve) from None
+    finally:
+        if reserve is not None:
+            reserve.release()
+
+
+def _run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, Any]:
     import optuna
     import ray
     from ray import tune
 
     from trainer.config import to_plain
-    from trainer.fit import check_writable
+    from trainer.fit import check_free_space, check_writable, run_bytes
     from trainer.tracking import curated_params, default_tracking_uri
 
     started = time.time()
     results = Path(spec.results_dir).resolve()
     check_writable(results)
+    check_free_space(results, *run_bytes(spec, runs=opts.num_trials))
     state_path = results / STATE_FILE
     state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.is_file() else {}
     storage = Path(opts.storage_path or state.get("storage_path") or results / "ray")
@@ -371,14 +422,14 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
         state = {"parent_run_id": parent.run_id, "tracking_uri": tracking_uri, "storage_path": str(storage),
                  "search_space": str(space_path), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                  "options": asdict(opts)}
-        state_path.write_text(json.dumps(state, indent=2))
+        write_json_atomic(state_path, state)
         parent.log_params({**curated_params(spec), "objective.metric": space.metric, "objective.mode": space.mode,
                            "search.scheduler": opts.scheduler, "search.num_trials": opts.num_trials,
                            "search.space": json.dumps(space.to_dict()["parameters"]),
                            "search.resources": json.dumps(resources)})
         parent.log_spec(spec)
         space_file = results / "search_space.json"
-        space_file.write_text(json.dumps(space.to_dict(), indent=2))
+        write_json_atomic(space_file, space.to_dict())
         parent.log_artifact(str(space_file))
         status.write("STARTED", f"Search started: {opts.num_trials} trials, {concurrent} at a time, "
                                 f"scheduler {opts.scheduler}, objective {space.metric} ({space.mode})")
@@ -389,7 +440,8 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
                        metric=space.metric, mode=space.mode, tracking_uri=tracking_uri,
                        experiment_name=opts.experiment_name, parent_run_id=parent.run_id,
                        cpus_per_trial=resources["cpu"], faults=_fault_hooks(), ddp_workers=res.ddp_workers,
-                       tracking_env=tracking_env, user_cwd=os.getcwd(), compile_cache=str(results / COMPILE_CACHE))
+                       tracking_env=tracking_env, user_cwd=os.getcwd(), compile_cache=str(results / COMPILE_CACHE),
+                       driver_pid=driver_identity()[0], driver_host=driver_identity()[1])
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), res.tune)
 
     from automl.search.progress import TrialTable
@@ -427,13 +479,16 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
         tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=opts.num_trials,
             max_concurrent_trials=concurrent, reuse_actors=reuse_workers(res)), run_config=run_config)
-    grid = tuner.fit()
+    with stop_signals() as signals:  # SIGTERM stops the search as gracefully as Ctrl-C (Tune saves its state)
+        grid = tuner.fit()
+    if signals.interrupted:  # Tune returned with trials unfinished: nothing is final, --resume continues
+        raise search_interrupted(results, status, table.unfinished)
     records = collect_trials(grid, space, num_epochs, baseline)
     for r in records:
         r.results_dir = str(results / "trials" / r.trial_id)
         if same_failure.stop_all() and r.state == "stopped" and r.epochs == 0:
             r.reason = SEARCH_STOPPED  # ended by the stop of the whole search, not by the scheduler
-    _close_orphans(results, f"search-{results.name}")
+    optuna_orphans = _close_orphans(results, f"search-{results.name}")
     orphans = _orphaned_trials(results, records)
     winner = pick_winner(records, space.mode)
 
@@ -448,6 +503,7 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
         "winner": None, "trials": [asdict(r) for r in records],
         "orphaned_trials": [{"trial_id": t, "results_dir": str(results / "trials" / t), "reason": ORPHAN_REASON}
                             for t in orphans],
+        "orphaned_optuna_trials": optuna_orphans,  # every trial the Optuna study holds is listed in this summary
         "mlflow": {"tracking_uri": tracking_uri, "experiment": opts.experiment_name,
                    "parent_run_id": parent.run_id},
         "optuna_storage": f"sqlite:///{results / 'optuna.db'}",
@@ -473,7 +529,7 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
     summary["tracking"] = tracking_report(records, parent)
     print()
     print(leaderboard(records, space, winner))
-    (results / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_json_atomic(results / "summary.json", summary)
     from automl.report import report_after_search
 
     report_after_search(results, summary)  # never raises: a failing report costs nothing of the search
@@ -613,17 +669,25 @@ def _orphaned_trials(results: Path, records: list[TrialRecord]) -> list[str]:
     return sorted(d.name for d in trials.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in known)
 
 
-def _close_orphans(results: Path, study_name: str) -> None:
+OPTUNA_ORPHAN_REASON = ("Optuna trial asked for just before the driver died, never run by a Tune trial; recorded FAIL "
+                        "so that no trial stays RUNNING")
+
+
+def _close_orphans(results: Path, study_name: str) -> list[dict[str, Any]]:
     """An Optuna trial asked for just before a driver crash is known to no Tune trial: mark it FAIL so that no
-    trial stays RUNNING in the study."""
+    trial stays RUNNING in the study, and return it for summary.json's `orphaned_optuna_trials`."""
     import optuna
 
     try:
         study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{results / 'optuna.db'}")
     except Exception:  # noqa: BLE001
-        return
+        return []
+    closed = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, "automl.orphan_reason", OPTUNA_ORPHAN_REASON)
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        closed.append({"optuna_trial": t.number, "params": dict(t.params), "reason": OPTUNA_ORPHAN_REASON})
+    return closed
 
 
 def finalize_winner(skill: Any, spec: DictConfig, winner: TrialRecord, results: Path, space: SearchSpace,

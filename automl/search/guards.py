@@ -19,6 +19,12 @@ PRUNE_KEY = "prune_reason"
 # A trial that failed for a reason a retry would repeat (out of memory) ends with one report flagged `fail_reason`,
 # objective None: recorded as an error (Optuna FAIL) without Ray retrying it.
 FAIL_KEY = "fail_reason"
+# a `fail_reason` that starts with this: the trial's disk is full (or failing); the whole search stops
+DISK_FULL_PREFIX = "storage_error"
+
+
+class SearchStorageError(OSError):
+    """Raised in the driver when a trial reports that it could not write: stops the search (see automl.search.stop)."""
 
 
 def is_pruned_result(result: Optional[dict]) -> bool:

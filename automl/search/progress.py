@@ -6,6 +6,7 @@ trial start/end and a one-line summary at most every 60 s, so a log stays readab
 
 from __future__ import annotations
 
+import errno
 import math
 import sys
 import time
@@ -13,7 +14,7 @@ from typing import Any, Optional
 
 from ray.tune import Callback
 
-from automl.search.guards import FAIL_KEY, PRUNE_KEY, is_finite_number
+from automl.search.guards import DISK_FULL_PREFIX, FAIL_KEY, PRUNE_KEY, SearchStorageError, is_finite_number
 
 
 class TrialTable(Callback):
@@ -46,6 +47,9 @@ class TrialTable(Callback):
         if result.get(FAIL_KEY):
             row["state"] = "error"
             row["reason"] = result.get(FAIL_KEY)
+            if str(result[FAIL_KEY]).startswith(DISK_FULL_PREFIX):  # no trial can write: stop the search
+                raise SearchStorageError(errno.ENOSPC, f"trial {trial.trial_id} could not write "
+                                                       f"({result[FAIL_KEY]})")
             return
         row["epoch"] = int(result.get("epoch", -1)) + 1
         value = result.get(self.space.metric)
@@ -70,6 +74,11 @@ class TrialTable(Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._event(f"retry     {trial.trial_id}  (worker failed; continuing from its last checkpoint)")
+
+    @property
+    def unfinished(self) -> list[str]:
+        """Trials started or waiting that have not ended (after an interrupted search: what --resume continues)."""
+        return [tid for tid, row in self.rows.items() if row["state"] in ("running", "pending")]
 
     def _seed_from_restored(self, trial: Any, row: dict[str, Any]) -> None:
         last = getattr(trial, "last_result", None) or {}

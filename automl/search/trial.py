@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
-from automl.search.guards import FAIL_KEY, PRUNE_KEY
+from automl.search.guards import DISK_FULL_PREFIX, FAIL_KEY, PRUNE_KEY
 from automl.search.tracking import TRIAL_TAG, find_child_run, searched_tag, trial_params
 from trainer.errors import UserError, first_line
 
@@ -62,6 +62,8 @@ class TrialContext:
     ddp_workers: int = 0  # > 1: each trial is a DDP run over this many processes (one GPU each)
     user_cwd: Optional[str] = None  # where the user ran the search: relative paths among sampled values mean it
     compile_cache: Optional[str] = None  # torch.compile's caches, shared by the search's trials (prepare_worker)
+    driver_pid: int = 0  # the driver process: a worker on its node stops when it is gone (automl.search.resume)
+    driver_host: str = ""
 
 
 WARM_ENV = "AUTOML_WARM_WORKERS"  # "0": a fresh Ray actor (process) for every trial, as before warm workers
@@ -129,6 +131,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     import ray
 
     os.environ.update(ctx.tracking_env)  # read by MLflow's HTTP client at each request
+    from automl.search.resume import newest_checkpoint, stop_with_driver
+
+    stop_with_driver(ctx.driver_pid, ctx.driver_host)
     trial_id = tune.get_context().get_trial_id()
     skill = get_skill(ctx.skill_name)
     out = Path(ctx.trials_dir) / trial_id
@@ -190,8 +195,11 @@ def _run(ctx: TrialContext, spec: Any, trial_id: str, out: Path, tracking: Any, 
         import torch
 
         torch.set_num_threads(max(int(ctx.cpus_per_trial), 1))
-        if restored_dir is not None and (restored_dir / "last.ckpt").is_file():
-            spec.train.resume_training_checkpoint_path = str(restored_dir / "last.ckpt")
+        point = newest_checkpoint(restored_dir, out, ctx.metric)  # the trial folder's may be newer than Tune's
+        if point.path is not None:
+            spec.train.resume_training_checkpoint_path = str(point.path)
+        for payload in point.unseen:  # epochs finished after Tune's snapshot: reported, not trained again
+            send(payload)
         _fit_and_report(skill, spec, ctx, trial_id, out, tracking, send)
 
 
@@ -238,9 +246,9 @@ def _replay_finished(reports_file: Path, restored_dir: Optional[Path]) -> bool:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    from trainer.records import write_json_atomic
+
+    write_json_atomic(path, data, indent=1)
 
 
 def _fit_and_report(skill: Any, spec: Any, ctx: TrialContext, trial_id: str, out: Path, tracking: Any,
@@ -298,20 +306,25 @@ def _first_step_clock() -> Any:
     return FirstStep()
 
 
-# errno values of OSErrors that a retry of the same trial on the same machine cannot fix
-_LASTING_OS_ERRORS = {errno.ENOSPC: "out_of_disk", errno.EDQUOT: "out_of_disk", errno.EROFS: "read_only",
-                      errno.EACCES: "permission_denied", errno.ENOENT: "file_not_found"}
+# errno values of OSErrors, besides a full or failing disk, that a retry on the same machine cannot fix
+_LASTING_OS_ERRORS = {errno.EACCES: "permission_denied", errno.ENOENT: "file_not_found"}
 
 
 def deterministic_failure(exc: BaseException) -> Optional[str]:
-    """`KIND: message` for an error that would happen again on a retry (a bad spec, data or checkpoint; a full
-    disk; a permission), None for one that might not. A trial ending with such an error is recorded as an error at
-    once and never retried; the driver stops the search when every trial fails with the same one."""
+    """`KIND: message` for an error that would happen again on a retry (a bad spec, data or checkpoint; a full,
+    failing or read-only disk, whose kind is DISK_FULL_PREFIX and on which the driver stops the search; a
+    permission), None for one that might not. A trial ending with such an error is recorded as an error at once and
+    never retried; the driver stops the search when every trial fails with the same one."""
+    from trainer.records import storage_error
+
     if isinstance(exc, UserError):
         kind = {"SpecError": "invalid_spec", "DataError": "bad_data", "DataConfigError": "bad_data",
                 "CheckpointError": "bad_checkpoint"}.get(type(exc).__name__, "user_error")
         problems = getattr(exc, "problems", None)
         return f"{kind}: {'; '.join(map(str, problems)) if problems else first_line(exc)}"
+    disk = storage_error(exc)
+    if disk is not None:
+        return f"{DISK_FULL_PREFIX}: {disk.strerror}: {disk.filename or exc}"
     if isinstance(exc, OSError) and exc.errno in _LASTING_OS_ERRORS:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{_LASTING_OS_ERRORS[exc.errno]}: {exc.strerror or exc}{where}"

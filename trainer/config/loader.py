@@ -550,10 +550,16 @@ def _check_automl(spec: DictConfig, P: list[SpecProblem], bad: Bad, origin_of) -
 
 
 def _read_yaml(path: Path) -> dict:
+    if path.is_dir():
+        raise SpecError([SpecProblem("<file>", f"{path} is a folder; expected a YAML spec file")], str(path))
     if not path.is_file():
         raise SpecError([SpecProblem("<file>", f"spec file not found: {path}")], str(path))
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SpecError([SpecProblem("<file>", f"not a text file: byte {exc.start} is not UTF-8 "
+                                               f"(0x{exc.object[exc.start]:02x}); expected a YAML spec in UTF-8 text")],
+                        str(path)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

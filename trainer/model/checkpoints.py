@@ -121,16 +121,19 @@ def _load_object(p: Path) -> Any:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
-        if "Weights only load failed" in text or "GLOBAL" in text:
-            found = re.search(r"GLOBAL ([\w.]+)", text)
-            what = f" (it references {found[1]})" if found else ""
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:  # a pickle that names a function or class: only then is it code (random bytes fail here too)
+            what = f" (it references {found[1]})"
             raise CheckpointError(
                 f"{p}: refused: not a plain weights file{what}. Loading it would run Python code from the file; "
                 f"only tensors, dicts, lists, strings and numbers are accepted. If you trust its source, re-save its "
                 f"state_dict with torch.save(model.state_dict(), path)."
             ) from None
-        raise CheckpointError(f"{p}: cannot read checkpoint, truncated or corrupt "
-                              f"(UnpicklingError: {_first_line(e)})") from None
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+        raise CheckpointError(f"{p}: not a readable checkpoint ({p.stat().st_size} bytes): neither a PyTorch zip "
+                              f"file nor a pickle of tensors (UnpicklingError: "
+                              f"{detail[1].strip() if detail else _first_line(e)}); truncated, corrupt, or another "
+                              f"kind of file") from None
     except Exception as e:  # noqa: BLE001 - RuntimeError (zip), EOFError, ValueError, ... all mean a bad file
         raise CheckpointError(f"{p}: cannot read checkpoint, truncated or corrupt "
                               f"({type(e).__name__}: {_first_line(e)})") from None
