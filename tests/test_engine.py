@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from trainer.config import build_spec
-from trainer.engine import (
+from trainer.deploy.predictors import TensorRTPredictor
+from trainer.deploy.sidecar import sidecar_path
+from trainer.deploy.tensorrt import (
     ShapeProfile,
-    TensorRTPredictor,
     TensorRTUnavailableError,
     build_engine,
     check_precision,
@@ -25,7 +26,6 @@ from trainer.engine import (
     tensorrt_unavailable_message,
 )
 from trainer.errors import SpecError, UserError
-from trainer.export import sidecar_path
 
 TRT_AVAILABLE, TRT_REASON = tensorrt_status()
 needs_no_tensorrt = pytest.mark.skipif(TRT_AVAILABLE, reason="TensorRT is available here: the message is not shown")
@@ -271,7 +271,7 @@ def test_engine_build_and_run_match_onnxruntime(tmp_path):
     import onnxruntime as ort
 
     from test_export import export_spec, make_checkpoint
-    from trainer.export import export_onnx
+    from trainer.deploy.onnx import export_onnx
 
     ckpt = make_checkpoint(tmp_path / "best.ckpt")
     exported = export_onnx(export_spec(tmp_path, ckpt, dynamic_hw=True), progress=False)
@@ -425,7 +425,7 @@ def fake_tensorrt(calls: dict[str, Any], *, parse_ok: bool = True, build_ok: boo
 
 
 def test_build_plan_drives_the_tensorrt_api(tmp_path, monkeypatch):
-    import trainer.engine as engine
+    import trainer.deploy.tensorrt as engine
 
     monkeypatch.setattr(engine, "_LOGGER", None)
     calls: dict[str, Any] = {}
