@@ -113,7 +113,6 @@ def resolve_export_source(spec: DictConfig, checkpoint: Optional[str], notice: N
     nothing: the spec describes the model, and metric models need `dataset.max_depth`.
     """
     from trainer.config import build_spec, to_plain
-    from trainer.config.schema import ModelConfig
     from trainer.model import read_checkpoint_spec
 
     if not checkpoint:
@@ -132,9 +131,30 @@ def resolve_export_source(spec: DictConfig, checkpoint: Optional[str], notice: N
                 f"metric models, 80 for the outdoor/VKITTI ones)")
         return ExportSource(str(checkpoint), spec, None)
 
-    defaults = ModelConfig()
+    problems = _contradictions(plain, stored, checkpoint, notice)
+    if problems:
+        raise UserError("the export spec contradicts the checkpoint:\n" + "\n".join(f"  - {p}" for p in problems))
     trained_model = dict(stored.get("model") or {})
     trained_data = dict(stored.get("dataset") or {})
+    plain["model"] = {**plain["model"], **trained_model}
+    for key in ("min_depth", "max_depth"):
+        if trained_data.get(key) is not None:
+            plain["dataset"][key] = trained_data[key]
+    if plain["model"]["model_type"] == METRIC and plain["dataset"].get("max_depth") is None:
+        raise UserError(f"dataset.max_depth: {checkpoint} stores a training spec without max_depth for a "
+                        f"MetricDepthAnything model; set dataset.max_depth to the value it was trained with")
+    used = build_spec(plain, check_files=False, notice=lambda _m: None)
+    return ExportSource(str(checkpoint), used, stored)
+
+
+def _contradictions(plain: Mapping[str, Any], stored: Mapping[str, Any], checkpoint: str, notice: Notice
+                    ) -> list[str]:
+    """What the export spec (`plain`) says against the checkpoint's stored training spec (see
+    `resolve_export_source`); a default `model_type`/`encoder` that differs only gets a notice."""
+    from trainer.config.schema import ModelConfig
+
+    defaults = ModelConfig()
+    trained_model = dict(stored.get("model") or {})
     problems: list[str] = []
     for key in ("model_type", "encoder"):
         asked, trained = plain["model"].get(key), trained_model.get(key)
@@ -146,7 +166,7 @@ def resolve_export_source(spec: DictConfig, checkpoint: Optional[str], notice: N
         else:
             notice(f"model.{key}: using the checkpoint's {trained!r} (the spec has the default {asked!r})")
     trained_type = trained_model.get("model_type", plain["model"]["model_type"])
-    trained_max = trained_data.get("max_depth")
+    trained_max = (stored.get("dataset") or {}).get("max_depth")
     asked_max = plain["dataset"].get("max_depth")
     if trained_type == METRIC and asked_max is not None and trained_max is not None \
             and not math.isclose(float(asked_max), float(trained_max), rel_tol=1e-6):
@@ -155,17 +175,7 @@ def resolve_export_source(spec: DictConfig, checkpoint: Optional[str], notice: N
             f"max_depth {float(trained_max):g} (its stored training spec); the metric head outputs sigmoid * "
             f"max_depth, so the exported model would give non-physical depths. Remove dataset.max_depth from the "
             f"export spec or set it to {float(trained_max):g}")
-    if problems:
-        raise UserError("the export spec contradicts the checkpoint:\n" + "\n".join(f"  - {p}" for p in problems))
-    plain["model"] = {**plain["model"], **trained_model}
-    for key in ("min_depth", "max_depth"):
-        if trained_data.get(key) is not None:
-            plain["dataset"][key] = trained_data[key]
-    if trained_type == METRIC and plain["dataset"].get("max_depth") is None:
-        raise UserError(f"dataset.max_depth: {checkpoint} stores a training spec without max_depth for a "
-                        f"MetricDepthAnything model; set dataset.max_depth to the value it was trained with")
-    used = build_spec(plain, check_files=False, notice=lambda _m: None)
-    return ExportSource(str(checkpoint), used, stored)
+    return problems
 
 
 # --------------------------------------------------------------------------------------------------------------
