@@ -64,7 +64,7 @@ def build(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any]]:
         model_tree = json.loads(json.dumps(SMOKE_MODEL))
         max_depth = max_depth or 10.0
     elif args.onnx:
-        from trainer.export import read_sidecar
+        from trainer.deploy.sidecar import read_sidecar
 
         meta = read_sidecar(args.onnx)
         m = meta["model"]

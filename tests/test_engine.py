@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Optional
 
 import pytest
 import torch
 
 from trainer.config import build_spec
-from trainer.engine import (
+from trainer.deploy.predictors import TensorRTPredictor
+from trainer.deploy.sidecar import sidecar_path
+from trainer.deploy.tensorrt import (
     ShapeProfile,
-    TensorRTPredictor,
     TensorRTUnavailableError,
     build_engine,
     check_precision,
@@ -25,7 +26,6 @@ from trainer.engine import (
     tensorrt_unavailable_message,
 )
 from trainer.errors import SpecError, UserError
-from trainer.export import sidecar_path
 
 TRT_AVAILABLE, TRT_REASON = tensorrt_status()
 needs_no_tensorrt = pytest.mark.skipif(TRT_AVAILABLE, reason="TensorRT is available here: the message is not shown")
@@ -271,7 +271,7 @@ def test_engine_build_and_run_match_onnxruntime(tmp_path):
     import onnxruntime as ort
 
     from test_export import export_spec, make_checkpoint
-    from trainer.export import export_onnx
+    from trainer.deploy.onnx import export_onnx
 
     ckpt = make_checkpoint(tmp_path / "best.ckpt")
     exported = export_onnx(export_spec(tmp_path, ckpt, dynamic_hw=True), progress=False)
@@ -425,7 +425,7 @@ def fake_tensorrt(calls: dict[str, Any], *, parse_ok: bool = True, build_ok: boo
 
 
 def test_build_plan_drives_the_tensorrt_api(tmp_path, monkeypatch):
-    import trainer.engine as engine
+    import trainer.deploy.tensorrt as engine
 
     monkeypatch.setattr(engine, "_LOGGER", None)
     calls: dict[str, Any] = {}
@@ -454,3 +454,55 @@ def test_build_plan_drives_the_tensorrt_api(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="built no engine.*workspace_size"):
         engine._build_plan(fake_tensorrt({}, build_ok=False), tmp_path / "m.onnx", profile=profile,
                            data_type="BF16", workspace_mib=1, timing_cache=b"", layer_precisions=[], verbose=False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A new runtime needs only what docs/internals.md lists: the shared from_spec, batching and size checks come along
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_a_new_runtime_gets_sidecar_spec_batching_and_size_checks_from_the_base_class(tmp_path):
+    from dataclasses import dataclass
+
+    from trainer.deploy.predictors import ExportedPredictor
+
+    @dataclass
+    class EchoPredictor(ExportedPredictor):
+        key: ClassVar[str] = "onnx_file"
+        what: ClassVar[str] = "ONNX file"
+        is_metric: bool
+        description: str
+        source: str
+        seen: list
+
+        @classmethod
+        def _open(cls, path, meta, gpu, notice):
+            return cls(is_metric=bool(meta["model"]["is_metric"]), description=f"echo {path}", source=str(path),
+                       seen=[])
+
+        @property
+        def batch_range(self) -> tuple[int, Optional[int]]:
+            return 2, 2
+
+        @property
+        def hw_range(self):
+            return (28, 42), (28, 42)
+
+        def _run(self, images):
+            self.seen.append(tuple(images.shape))
+            return images[:, 0]
+
+    model_file = tmp_path / "m.onnx"
+    model_file.write_bytes(b"graph")
+    sidecar_path(model_file).write_text(json.dumps(onnx_meta(batch=2, h=28, w=42, encoder="vitb")))
+    spec = build_spec({"inference": {"onnx_file": str(model_file)}}, check_files=False, notice=lambda _m: None)
+    notes: list[str] = []
+    pred, used = EchoPredictor.from_spec(spec, str(model_file), notice=notes.append)
+    assert used.model.encoder == "vitb" and (used.inference.input_height, used.inference.input_width) == (28, 42)
+    assert any("takes only 28x42" in n for n in notes)
+    depth = pred.predict([torch.randn(3, 28, 42)] * 3)  # a list: one image at a time, each padded to batch 2
+    assert [tuple(d.shape) for d in depth] == [(28, 42)] * 3 and pred.seen == [(2, 3, 28, 42)] * 3
+    with pytest.raises(UserError, match=r"outside what .*m\.onnx accepts \(28x42 \.\. 28x42\)"):
+        pred(torch.randn(1, 3, 42, 28))
+    with pytest.raises(UserError, match=r"onnx_file: file not found"):
+        EchoPredictor.from_spec(spec, str(tmp_path / "other.onnx"))

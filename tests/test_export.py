@@ -15,19 +15,16 @@ import torch
 
 from trainer.config import build_spec, to_plain
 from trainer.errors import UserError
-from trainer.export import (
+from trainer.deploy.onnx import (
     INPUT_NAME,
     OUTPUT_NAME,
-    OnnxPredictor,
-    deployed_spec,
     export_onnx,
     inspect_graph,
-    read_sidecar,
     resolve_export_source,
-    run_batched,
-    sidecar_path,
     validation_shapes,
 )
+from trainer.deploy.predictors import OnnxPredictor, run_batched
+from trainer.deploy.sidecar import deployed_spec, read_sidecar, sidecar_path
 from trainer.model import build_model
 
 H, W = 56, 70

@@ -250,7 +250,7 @@ def end_to_end_differences(tmp, photo, metric: bool) -> dict[str, float]:
     import cv2
     import numpy as np
 
-    from trainer.export import export_onnx
+    from trainer.deploy.onnx import export_onnx
     from trainer.infer import inference
 
     original = _original_model(metric)

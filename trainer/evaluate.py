@@ -15,7 +15,7 @@ from trainer.callbacks import StatusFile
 from trainer.metrics import MetricAccumulator
 from trainer.module import as_depth
 from trainer.records import write_json_atomic
-from trainer.runtime import Predictor, build_predictor, predict_images, resize_prediction
+from trainer.runtime import Predictor, build_predictor, resize_prediction
 from trainer.constants import RELATIVE
 
 METRIC_ORDER = ("d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog")
@@ -31,7 +31,7 @@ def evaluate_loader(predictor: Predictor, loader: Any, *, relative: bool, progre
 
     acc = MetricAccumulator()
     for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
-        pred = predict_images(predictor, batch["image"])
+        pred = predictor.predict(batch["image"])
         depths, valids = batch["depth"], batch["valid"]
         if isinstance(depths, torch.Tensor):
             depths, valids = list(depths), list(valids)

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from trainer.callbacks import StatusFile
 from trainer.records import write_json_atomic
-from trainer.runtime import build_predictor, predict_images, resize_prediction
+from trainer.runtime import build_predictor, resize_prediction
 from trainer.constants import METRIC
 
 
@@ -61,7 +61,7 @@ def inference(spec: DictConfig, *, progress: bool = True) -> dict[str, Any]:
     written: list[dict[str, Any]] = []
     stems: set[str] = set()
     for batch in tqdm(loader, desc="inference", disable=not progress, leave=False):
-        pred = predict_images(predictor, batch["image"])
+        pred = predictor.predict(batch["image"])
         for i, path in enumerate(batch["path"]):
             h, w = (int(v) for v in batch["orig_size"][i])
             depth = resize_prediction(pred[i], (h, w)).numpy().astype(np.float32)

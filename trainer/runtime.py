@@ -1,9 +1,6 @@
-"""Running a trained model for evaluation and inference: one implementation of the pre- and post-processing,
-several backends (PyTorch here; ONNX Runtime and TensorRT share the same interface).
-
-Pre-processing is the evaluation transform of `trainer.data` (the original Depth Anything V2 `infer_image` steps:
-cv2 INTER_CUBIC on the [0, 1] float image, keep-aspect lower-bound resize to multiples of 14, normalise);
-post-processing resizes the prediction bilinearly (align_corners=True) to the ground-truth / original image size.
+"""Running a trained model for evaluation and inference: `build_predictor` picks the backend a section names
+(`checkpoint`: PyTorch here; `onnx_file` / `trt_engine`: `trainer.deploy.predictors`), all behind one `Predictor`
+contract with one pre- and post-processing (`trainer.deploy.predictors`).
 """
 
 from __future__ import annotations
@@ -11,23 +8,17 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.errors import CheckpointError, UserError
 from trainer.constants import METRIC
+from trainer.deploy.predictors import OnnxPredictor, Predictor, TensorRTPredictor, resize_prediction
+from trainer.errors import CheckpointError, UserError
 
-
-class Predictor(Protocol):
-    """images [B,3,H,W] normalised float32 -> depth [B,H,W] float32 on the CPU (metric: metres; relative: disparity)."""
-
-    description: str
-    is_metric: bool
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+__all__ = ["Predictor", "TorchPredictor", "build_predictor", "checkpoint_spec", "load_model", "pick_device",
+           "resize_prediction"]
 
 
 def pick_device(gpu_ids: Any = None) -> torch.device:
@@ -99,7 +90,9 @@ def load_model(spec: DictConfig, checkpoint: Optional[str]) -> tuple[torch.nn.Mo
 
 
 @dataclass
-class TorchPredictor:
+class TorchPredictor(Predictor):
+    """A network in memory (a checkpoint's), on `device`, in bf16 autocast when `precision` says so."""
+
     model: torch.nn.Module
     device: torch.device
     precision: str = "fp32"
@@ -123,12 +116,8 @@ class TorchPredictor:
 def build_predictor(spec: DictConfig, section: DictConfig) -> tuple[Predictor, DictConfig]:
     """From `evaluate` or `inference` section: checkpoint (PyTorch), onnx_file (ONNX Runtime) or trt_engine."""
     if section.get("trt_engine"):
-        from trainer.engine import TensorRTPredictor
-
         return TensorRTPredictor.from_spec(spec, section.trt_engine)
     if section.get("onnx_file"):
-        from trainer.export import OnnxPredictor
-
         return OnnxPredictor.from_spec(spec, section.onnx_file)
     model, used = load_model(spec, section.checkpoint)
     device = pick_device(section.get("gpu_ids"))
@@ -136,24 +125,6 @@ def build_predictor(spec: DictConfig, section: DictConfig) -> tuple[Predictor, D
     pred = TorchPredictor(model, device, precision, is_metric=used.model.model_type == METRIC,
                           description=f"pytorch ({device.type}, {precision}) {section.checkpoint}")
     return pred, used
-
-
-def predict_images(predictor: Predictor, images: Any) -> list[torch.Tensor]:
-    """A batch tensor goes through the predictor at once; a list (images of different sizes) one by one."""
-    if isinstance(images, torch.Tensor):
-        return list(predictor(images))
-    return [predictor(img[None])[0] for img in images]
-
-
-def resize_prediction(pred: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[H,W] or [B,H,W] -> same at `size`, bilinear with align_corners=True (as the original `infer_image` and
-    metric_depth evaluation); how predictions meet ground truth or original images, for every backend."""
-    squeeze = pred.dim() == 2
-    p = pred[None] if squeeze else pred
-    if tuple(p.shape[-2:]) != tuple(size):
-        p = F.interpolate(p[:, None].float(), size=tuple(int(s) for s in size), mode="bilinear",
-                          align_corners=True)[:, 0]
-    return p[0] if squeeze else p
 
 
 def plain_spec(spec: DictConfig) -> dict:

@@ -157,11 +157,11 @@ class DepthNetMono(Skill):
         return inference(spec)
 
     def export(self, spec: DictConfig) -> Any:
-        from trainer.export import export_onnx
+        from trainer.deploy.onnx import export_onnx
 
         return export_onnx(spec)
 
     def gen_trt_engine(self, spec: DictConfig) -> Any:
-        from trainer.engine import build_engine
+        from trainer.deploy.tensorrt import build_engine
 
         return build_engine(spec)

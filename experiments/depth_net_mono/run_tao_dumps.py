@@ -90,7 +90,7 @@ def inference():
 
 def export():
     from trainer.config import load_spec
-    from trainer.export import export_onnx
+    from trainer.deploy.onnx import export_onnx
     return export_onnx(load_spec(spec_file("export_dump.yaml", REPL_EVAL), action="export"), progress=False).summary()
 
 

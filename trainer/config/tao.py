@@ -54,7 +54,7 @@ PATH_KEYS: tuple[str, ...] = (
 EXTRA_AUGMENTATION = ("h_flip_prob", "color_aug_prob", "color_aug_brightness", "color_aug_contrast",
                       "color_aug_saturation", "color_aug_hue_range", "min_scale", "max_scale")
 
-# TAO's top-level engine shape keys -> the tensorrt keys read by trainer.engine
+# TAO's top-level engine shape keys -> the tensorrt keys read by trainer.deploy.tensorrt
 ENGINE_SHAPE_KEYS = {f"{k}_{side}": f"{'' if k == 'opt' else k + '_'}{side}"
                      for k in ("min", "opt", "max") for side in ("height", "width")}
 
@@ -155,7 +155,7 @@ def round_sizes(spec: DictConfig, notice: Notice) -> None:
     for section in ("evaluate", "inference", "export"):
         for key in ("input_height", "input_width"):
             _round_key(spec[section], key, f"{section}.{key}", notice)
-    for key in ENGINE_SHAPE_KEYS:  # TAO's; the tensorrt.* spellings (ours) are checked by trainer.engine
+    for key in ENGINE_SHAPE_KEYS:  # TAO's; the tensorrt.* spellings (ours) are checked by trainer.deploy.tensorrt
         _round_key(spec.gen_trt_engine, key, f"gen_trt_engine.{key}", notice)
 
 

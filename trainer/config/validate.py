@@ -93,7 +93,7 @@ def _model_files(tree: dict, action: str) -> list[SpecProblem]:
 
 
 def _fixed_size(tree: dict, action: str) -> list[SpecProblem]:
-    """An ONNX file / engine exported with a fixed height/width takes only that size (trainer.export refuses another
+    """An ONNX file / engine exported with a fixed height/width takes only that size (trainer.deploy refuses another
     evaluate/inference input size at run time)."""
     import json
 

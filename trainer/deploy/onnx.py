@@ -1,41 +1,32 @@
-"""ONNX export of a trained Depth Anything V2 model, its validation, and the ONNX Runtime predictor.
+"""ONNX export of a trained Depth Anything V2 network, with its validation and sidecar.
 
-`export_onnx(spec)` writes `export.onnx_file` (default `<results_dir>/export/model.onnx`) and a JSON sidecar
-`<onnx_file>.json` that every later step reads (engine build, evaluation and inference on ONNX/TensorRT):
-
-- graph: input `image` float32 [B, 3, H, W] (RGB normalised with the training mean/std), output `depth` float32
-  [B, H, W] (metres for MetricDepthAnything, relative disparity for RelativeDepthAnything); batch dynamic
-  (`export.batch_size: -1`) or fixed; height/width dynamic (`export.dynamic_hw: true`, the default: multiples of
-  14, so that images keep their aspect ratio) or fixed at `export.input_height/width`; opset >= 17 so that
-  LayerNorm stays one `LayerNormalization` op; every resize takes explicit sizes (no float scale factors);
-- the depth range baked into a metric model comes from the checkpoint's own training spec; an export spec that
-  contradicts it (dataset.max_depth, model.model_type, model.encoder) is an error naming both values;
-- validation: `onnx.checker`, the graph checks above, and ONNX Runtime against PyTorch (fp32, CPU) on the same
-  random normalised images at the export size (and at a second size when height/width are dynamic); the numbers
-  go to the sidecar and a failure raises `ExportValidationError` (the file is kept, marked failed).
-
-`OnnxPredictor` runs such a file through ONNX Runtime behind the `trainer.runtime.Predictor` interface, so that
-evaluate/inference share their pre- and post-processing with the PyTorch path.
+`export_onnx(spec)` writes `export.onnx_file` (default `<results_dir>/export/model.onnx`) and `<onnx_file>.json`:
+- graph: input `image` float32 [B, 3, H, W] (normalised RGB), output `depth` float32 [B, H, W]; batch dynamic
+  (`export.batch_size: -1`) or fixed; height/width dynamic in multiples of 14 (`export.dynamic_hw`, default) or
+  fixed; opset >= 17 (LayerNorm stays one op); every Resize takes explicit sizes;
+- the model section and depth range come from the checkpoint's stored training spec; an export spec that
+  contradicts it is a `UserError` naming both values;
+- validation (`onnx.checker`, the graph rules above, ONNX Runtime vs PyTorch on random images) is recorded in the
+  sidecar; a failure raises `ExportValidationError` and keeps the file, marked failed.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import platform
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig
 
+from trainer.constants import METRIC, PATCH_SIZE as PATCH
+from trainer.deploy.sidecar import INPUT_NAME, OUTPUT_NAME, Notice, sidecar_path, stderr_notice, write_json
 from trainer.errors import CheckpointError, UserError
-from trainer.constants import METRIC, PATCH_SIZE as PATCH, RELATIVE
-from trainer.records import write_atomic
 
 __all__ = [
     "INPUT_NAME",
@@ -45,25 +36,16 @@ __all__ = [
     "ExportSource",
     "ExportValidationError",
     "GraphReport",
-    "OnnxPredictor",
-    "check_hw",
     "default_onnx_path",
-    "deployed_spec",
     "export_onnx",
     "inspect_graph",
     "random_normalised_images",
-    "read_sidecar",
     "resolve_export_source",
-    "run_batched",
-    "sidecar_path",
     "trained_augmentation",
     "validate_onnx",
     "validation_shapes",
-    "write_json",
 ]
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "depth"
 MIN_OPSET = 17  # LayerNormalization is an ONNX op from opset 17 on
 SIDECAR_FORMAT = "depth-automl/onnx-export/1"
 # Tolerances of the ONNX Runtime vs PyTorch check: metric models in metres (a fraction of the depth range),
@@ -71,51 +53,14 @@ SIDECAR_FORMAT = "depth-automl/onnx-export/1"
 METRIC_TOLERANCE = 1e-3  # x max_depth
 RELATIVE_TOLERANCE = 1e-3  # x max |output|
 
-Notice = Callable[[str], None]
-
-
-def _stderr_notice(message: str) -> None:
-    print(f"notice: {message}", file=sys.stderr)
-
 
 class ExportValidationError(UserError):
     """The exported graph failed a check (checker, opset/LayerNormalization/Resize, or parity with PyTorch)."""
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Paths and sidecars
+# Paths
 # --------------------------------------------------------------------------------------------------------------
-
-
-def sidecar_path(path: str | Path) -> Path:
-    """`model.onnx` -> `model.onnx.json` (also for engines: `model.engine` -> `model.engine.json`)."""
-    return Path(str(path) + ".json")
-
-
-def read_sidecar(path: str | Path, what: str = "ONNX file") -> dict[str, Any]:
-    """The JSON sidecar of an exported file; `UserError` naming both files when it is missing or unreadable."""
-    side = sidecar_path(path)
-    if not side.is_file():
-        hint = ("it is written by `automl export` beside the ONNX file; export again (automl export -e SPEC "
-                "export.checkpoint=CKPT --force)" if what == "ONNX file" else
-                "it is written by `automl gen_trt_engine` beside the engine; build the engine again")
-        raise UserError(f"{side}: sidecar of the {what} {path} not found; it records the model type, depth range "
-                        f"and input size needed to use the file ({hint})")
-    try:
-        data = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{side}: cannot read the sidecar of {path} ({type(exc).__name__}: {exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
-        raise UserError(f"{side}: expected a JSON object with a 'model' section (model_type, encoder, max_depth); "
-                        f"found {type(data).__name__} without it")
-    return data
-
-
-def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(p, json.dumps(data, indent=2, default=str) + "\n")  # a sidecar is complete or absent
-    return p
 
 
 def default_onnx_path(spec: DictConfig) -> Path:
@@ -157,7 +102,7 @@ class ExportSource:
         return float(self.spec.dataset.max_depth) if self.is_metric else None
 
 
-def resolve_export_source(spec: DictConfig, checkpoint: Optional[str], notice: Notice = _stderr_notice
+def resolve_export_source(spec: DictConfig, checkpoint: Optional[str], notice: Notice = stderr_notice
                           ) -> ExportSource:
     """The spec to export `checkpoint` with.
 
@@ -168,7 +113,6 @@ def resolve_export_source(spec: DictConfig, checkpoint: Optional[str], notice: N
     nothing: the spec describes the model, and metric models need `dataset.max_depth`.
     """
     from trainer.config import build_spec, to_plain
-    from trainer.config.schema import ModelConfig
     from trainer.model import read_checkpoint_spec
 
     if not checkpoint:
@@ -187,9 +131,30 @@ def resolve_export_source(spec: DictConfig, checkpoint: Optional[str], notice: N
                 f"metric models, 80 for the outdoor/VKITTI ones)")
         return ExportSource(str(checkpoint), spec, None)
 
-    defaults = ModelConfig()
+    problems = _contradictions(plain, stored, checkpoint, notice)
+    if problems:
+        raise UserError("the export spec contradicts the checkpoint:\n" + "\n".join(f"  - {p}" for p in problems))
     trained_model = dict(stored.get("model") or {})
     trained_data = dict(stored.get("dataset") or {})
+    plain["model"] = {**plain["model"], **trained_model}
+    for key in ("min_depth", "max_depth"):
+        if trained_data.get(key) is not None:
+            plain["dataset"][key] = trained_data[key]
+    if plain["model"]["model_type"] == METRIC and plain["dataset"].get("max_depth") is None:
+        raise UserError(f"dataset.max_depth: {checkpoint} stores a training spec without max_depth for a "
+                        f"MetricDepthAnything model; set dataset.max_depth to the value it was trained with")
+    used = build_spec(plain, check_files=False, notice=lambda _m: None)
+    return ExportSource(str(checkpoint), used, stored)
+
+
+def _contradictions(plain: Mapping[str, Any], stored: Mapping[str, Any], checkpoint: str, notice: Notice
+                    ) -> list[str]:
+    """What the export spec (`plain`) says against the checkpoint's stored training spec (see
+    `resolve_export_source`); a default `model_type`/`encoder` that differs only gets a notice."""
+    from trainer.config.schema import ModelConfig
+
+    defaults = ModelConfig()
+    trained_model = dict(stored.get("model") or {})
     problems: list[str] = []
     for key in ("model_type", "encoder"):
         asked, trained = plain["model"].get(key), trained_model.get(key)
@@ -201,7 +166,7 @@ def resolve_export_source(spec: DictConfig, checkpoint: Optional[str], notice: N
         else:
             notice(f"model.{key}: using the checkpoint's {trained!r} (the spec has the default {asked!r})")
     trained_type = trained_model.get("model_type", plain["model"]["model_type"])
-    trained_max = trained_data.get("max_depth")
+    trained_max = (stored.get("dataset") or {}).get("max_depth")
     asked_max = plain["dataset"].get("max_depth")
     if trained_type == METRIC and asked_max is not None and trained_max is not None \
             and not math.isclose(float(asked_max), float(trained_max), rel_tol=1e-6):
@@ -210,17 +175,7 @@ def resolve_export_source(spec: DictConfig, checkpoint: Optional[str], notice: N
             f"max_depth {float(trained_max):g} (its stored training spec); the metric head outputs sigmoid * "
             f"max_depth, so the exported model would give non-physical depths. Remove dataset.max_depth from the "
             f"export spec or set it to {float(trained_max):g}")
-    if problems:
-        raise UserError("the export spec contradicts the checkpoint:\n" + "\n".join(f"  - {p}" for p in problems))
-    plain["model"] = {**plain["model"], **trained_model}
-    for key in ("min_depth", "max_depth"):
-        if trained_data.get(key) is not None:
-            plain["dataset"][key] = trained_data[key]
-    if trained_type == METRIC and plain["dataset"].get("max_depth") is None:
-        raise UserError(f"dataset.max_depth: {checkpoint} stores a training spec without max_depth for a "
-                        f"MetricDepthAnything model; set dataset.max_depth to the value it was trained with")
-    used = build_spec(plain, check_files=False, notice=lambda _m: None)
-    return ExportSource(str(checkpoint), used, stored)
+    return problems
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -503,263 +458,209 @@ def _torch_export(model: torch.nn.Module, example: torch.Tensor, path: Path, *, 
         raise RuntimeError("torch.onnx.export returned no program")
     program.save(str(path))  # weights go to <path>.data only when the model is over 2 GB
 
+# --------------------------------------------------------------------------------------------------------------
+# export_onnx, step by step: plan, load, write, check, record
+# --------------------------------------------------------------------------------------------------------------
 
-def export_onnx(spec: DictConfig, *, notice: Notice = _stderr_notice, progress: bool = True) -> ExportResult:
-    """Export `export.checkpoint` to ONNX, validate it and write the sidecar; see the module docstring.
 
-    Raises `UserError` for problems with what the user gave (missing checkpoint, existing output without
-    `export.overwrite`, a spec contradicting the checkpoint) and `ExportValidationError` when the written graph
-    fails a check (the sidecar then says `validation.status: failed`).
-    """
-    import onnx
+@dataclass(frozen=True)
+class _Plan:
+    """What one export writes and with which network, decided before anything is written."""
 
-    from trainer.callbacks import StatusFile
-    from trainer.model import build_model, load_weights
+    onnx_file: Path
+    export_dir: Path
+    source: ExportSource
+    opset: int
+    requested_opset: int
+    height: int
+    width: int
+    batch: int  # -1: dynamic
+    dynamic_hw: bool
+    device: torch.device
+    trained_aug: Optional[dict[str, Any]]  # the checkpoint's evaluation pre-processing (None: released weights)
+    mean: list[float]
+    std: list[float]
 
-    started = time.time()
+    @property
+    def dynamic_batch(self) -> bool:
+        return self.batch == -1
+
+
+@dataclass(frozen=True)
+class _Checks:
+    """What the written graph was found to be."""
+
+    checker: str
+    graph: GraphReport
+    parity: dict[str, Any]
+    problems: list[str]
+
+
+def _plan_export(spec: DictConfig, notice: Notice) -> _Plan:
+    """Checks the target, the checkpoint against the spec, the opset and the device; writes nothing."""
     e = spec.export
     onnx_file = default_onnx_path(spec)
     _check_target(onnx_file, bool(e.overwrite))
     source = resolve_export_source(spec, e.checkpoint, notice)
-    used = source.spec
     opset = _checked_opset(int(e.opset_version), notice)
-    height, width, batch = int(e.input_height), int(e.input_width), int(e.batch_size)
-    dynamic_batch, dynamic_hw = batch == -1, bool(e.dynamic_hw)
     device = _export_device(spec, notice)
-
-    model = build_model(used, activation_checkpoint=False, channels_last=False)
-    load_weights(model, source.checkpoint, strict=True)
-    model.eval().to(device)
     trained_aug = trained_augmentation(source.stored)
-    aug = trained_aug or _to_plain(used.dataset.val_dataset.augmentation)
-    mean, std = list(aug.get("input_mean", [0.485, 0.456, 0.406])), list(aug.get("input_std", [0.229, 0.224, 0.225]))
-    example_shape = (2 if dynamic_batch else batch, 3, height, width)
-    example = random_normalised_images(example_shape, mean, std, seed=1234).to(device)
-    onnx_file.parent.mkdir(parents=True, exist_ok=True)
-    _remove_previous(onnx_file)
-    if progress:
-        print(f"exporting {source.checkpoint} -> {onnx_file} (opset {opset}, {device.type}, batch "
-              f"{'dynamic' if dynamic_batch else batch}, {height}x{width}{' dynamic' if dynamic_hw else ''})",
-              file=sys.stderr)
-    _torch_export(model, example, onnx_file, opset=opset, dynamic_batch=dynamic_batch, dynamic_hw=dynamic_hw)
-    export_seconds = time.time() - started
+    aug = trained_aug or _to_plain(source.spec.dataset.val_dataset.augmentation)
+    return _Plan(onnx_file=onnx_file, export_dir=_export_dir(spec), source=source, opset=opset,
+                 requested_opset=int(e.opset_version), height=int(e.input_height), width=int(e.input_width),
+                 batch=int(e.batch_size), dynamic_hw=bool(e.dynamic_hw), device=device, trained_aug=trained_aug,
+                 mean=list(aug.get("input_mean", [0.485, 0.456, 0.406])),
+                 std=list(aug.get("input_std", [0.229, 0.224, 0.225])))
 
-    # checks
+
+def _load_network(plan: _Plan) -> torch.nn.Module:
+    """The network of `plan.source`, weights loaded strictly, in eval mode on the export device."""
+    from trainer.model import build_model, load_weights
+
+    model = build_model(plan.source.spec, activation_checkpoint=False, channels_last=False)
+    load_weights(model, plan.source.checkpoint, strict=True)
+    return model.eval().to(plan.device)
+
+
+def _write_graph(plan: _Plan, model: torch.nn.Module, progress: bool) -> None:
+    """Replaces an earlier export at the target with the graph of `model` traced on random normalised images."""
+    example_shape = (2 if plan.dynamic_batch else plan.batch, 3, plan.height, plan.width)
+    example = random_normalised_images(example_shape, plan.mean, plan.std, seed=1234).to(plan.device)
+    plan.onnx_file.parent.mkdir(parents=True, exist_ok=True)
+    _remove_previous(plan.onnx_file)
+    if progress:
+        print(f"exporting {plan.source.checkpoint} -> {plan.onnx_file} (opset {plan.opset}, {plan.device.type}, "
+              f"batch {'dynamic' if plan.dynamic_batch else plan.batch}, {plan.height}x{plan.width}"
+              f"{' dynamic' if plan.dynamic_hw else ''})", file=sys.stderr)
+    _torch_export(model, example, plan.onnx_file, opset=plan.opset, dynamic_batch=plan.dynamic_batch,
+                  dynamic_hw=plan.dynamic_hw)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _check_graph(plan: _Plan, model: torch.nn.Module) -> _Checks:
+    """`onnx.checker`, the graph rules (`inspect_graph`, input/output names) and ONNX Runtime vs PyTorch."""
+    import onnx
+
     problems: list[str] = []
     try:
-        onnx.checker.check_model(str(onnx_file))
+        onnx.checker.check_model(str(plan.onnx_file))
         checker = "passed"
     except Exception as exc:  # noqa: BLE001 - any checker failure is reported, not raised raw
-        checker = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        checker = f"failed: {_first_line(exc)}"
         problems.append(f"onnx.checker {checker}")
-    proto = onnx.load(str(onnx_file), load_external_data=False)
-    graph = inspect_graph(proto, min_opset=MIN_OPSET)
+    graph = inspect_graph(onnx.load(str(plan.onnx_file), load_external_data=False), min_opset=MIN_OPSET)
     problems += graph.problems
     if list(graph.inputs) != [INPUT_NAME] or list(graph.outputs) != [OUTPUT_NAME]:
         problems.append(f"graph inputs {list(graph.inputs)} / outputs {list(graph.outputs)}; expected "
                         f"[{INPUT_NAME!r}] / [{OUTPUT_NAME!r}]")
-    shapes = validation_shapes(height, width, batch, dynamic_hw)
+    parity = _parity(plan, model, problems)
+    return _Checks(checker, graph, parity, problems)
+
+
+def _parity(plan: _Plan, model: torch.nn.Module, problems: list[str]) -> dict[str, Any]:
+    """`validate_onnx` at `validation_shapes`; what fails is appended to `problems`."""
+    shapes = validation_shapes(plan.height, plan.width, plan.batch, plan.dynamic_hw)
     try:
-        parity = validate_onnx(onnx_file, model, shapes, max_depth=source.max_depth, mean=mean, std=std)
+        parity = validate_onnx(plan.onnx_file, model, shapes, max_depth=plan.source.max_depth, mean=plan.mean,
+                               std=plan.std)
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime refusing the file is a validation failure, reported
         parity = {"runtime": "onnxruntime CPUExecutionProvider", "checks": [], "passed": False,
-                  "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+                  "error": _first_line(exc)}
         problems.append(f"onnxruntime could not run the file: {parity['error']}")
     for c in parity["checks"]:
         if not c["passed"]:
             problems.append(f"onnxruntime differs from PyTorch at {c['input_shape']}: "
                             + (c.get("error") or f"max |diff| {c['max_abs_diff']:.3g} > tolerance "
                                                  f"{c['tolerance']:.3g}"))
+    return parity
 
-    stored_data = (source.stored or {}).get("dataset") or {}
-    m = used.model
-    meta: dict[str, Any] = {
+
+def _model_meta(plan: _Plan) -> dict[str, Any]:
+    """The sidecar's `model` and `training_spec` sections: what evaluate/inference build their spec from."""
+    source, m = plan.source, plan.source.spec.model
+    stored = source.stored
+    stored_data = (stored or {}).get("dataset") or {}
+    return {
+        "model": {"model_type": m.model_type, "encoder": m.encoder,
+                  "custom": _to_plain(m.custom) if m.encoder == "custom" else None, "is_metric": source.is_metric,
+                  "max_depth": source.max_depth,
+                  "min_depth": source.spec.dataset.min_depth if source.is_metric else None},
+        "checkpoint": str(Path(source.checkpoint).resolve()),
+        "training_spec": None if stored is None else {
+            "min_depth": stored_data.get("min_depth"), "max_depth": stored_data.get("max_depth"),
+            "model_type": (stored.get("model") or {}).get("model_type"),
+            "encoder": (stored.get("model") or {}).get("encoder")},
+    }
+
+
+def _sidecar_meta(plan: _Plan, checks: _Checks, export_seconds: float) -> dict[str, Any]:
+    """The ONNX sidecar (format `SIDECAR_FORMAT`): the graph's interface, the model, and how it validated."""
+    graph, onnx_file = checks.graph, plan.onnx_file
+    data_file = _external_data_file(onnx_file)
+    return {
         "format": SIDECAR_FORMAT,
         "onnx_file": str(onnx_file),
-        "onnx_data_file": str(_external_data_file(onnx_file)) if _external_data_file(onnx_file) else None,
+        "onnx_data_file": str(data_file) if data_file else None,
         "opset": graph.opset,
-        "requested_opset": int(e.opset_version),
+        "requested_opset": plan.requested_opset,
         "input": {"name": INPUT_NAME, "shape": graph.inputs.get(INPUT_NAME), "dtype": "float32",
-                  "layout": "NCHW RGB, (x/255 - mean) / std", "mean": mean, "std": std},
+                  "layout": "NCHW RGB, (x/255 - mean) / std", "mean": plan.mean, "std": plan.std},
         "output": {"name": OUTPUT_NAME, "shape": graph.outputs.get(OUTPUT_NAME), "dtype": "float32",
-                   "units": "metres" if source.is_metric else "relative disparity (affine-invariant)"},
+                   "units": "metres" if plan.source.is_metric else "relative disparity (affine-invariant)"},
         "dynamic_axes": {k: {str(i): d for i, d in v.items()} for k, v in graph.dynamic_axes.items()},
-        "batch_size": batch,
-        "dynamic_batch": dynamic_batch,
-        "dynamic_hw": dynamic_hw,
-        "input_height": height,
-        "input_width": width,
-        "model": {
-            "model_type": m.model_type,
-            "encoder": m.encoder,
-            "custom": _to_plain(m.custom) if m.encoder == "custom" else None,
-            "is_metric": source.is_metric,
-            "max_depth": source.max_depth,
-            "min_depth": used.dataset.min_depth if source.is_metric else None,
-        },
-        "checkpoint": str(Path(source.checkpoint).resolve()),
-        "training_spec": None if source.stored is None else {
-            "min_depth": stored_data.get("min_depth"), "max_depth": stored_data.get("max_depth"),
-            "model_type": (source.stored.get("model") or {}).get("model_type"),
-            "encoder": (source.stored.get("model") or {}).get("encoder")},
+        "batch_size": plan.batch,
+        "dynamic_batch": plan.dynamic_batch,
+        "dynamic_hw": plan.dynamic_hw,
+        "input_height": plan.height,
+        "input_width": plan.width,
+        **_model_meta(plan),
         # evaluate/inference on this file pre-process like the checkpoint path does (trainer.runtime)
-        "preprocessing": {"augmentation": trained_aug},
+        "preprocessing": {"augmentation": plan.trained_aug},
         "graph": graph.as_dict(),
-        "validation": {"status": "passed" if not problems else "failed", "checker": checker,
-                       "onnxruntime": parity, "problems": problems},
-        "export_device": str(device),
+        "validation": {"status": "passed" if not checks.problems else "failed", "checker": checks.checker,
+                       "onnxruntime": checks.parity, "problems": checks.problems},
+        "export_device": str(plan.device),
         "export_seconds": round(export_seconds, 2),
         "exported_at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "versions": _versions(),
     }
-    side = write_json(sidecar_path(onnx_file), meta)
-    result = ExportResult(onnx_file, side, meta)
-    status = StatusFile(_export_dir(spec) / "status.json")
-    kpi = {f"max_abs_diff_{'x'.join(str(s) for s in c['input_shape'])}": c.get("max_abs_diff")
-           for c in parity["checks"]}
-    if problems:
-        status.write("FAILURE", "Export validation failed", problems=problems, onnx_file=str(onnx_file))
+
+
+def _record_status(plan: _Plan, checks: _Checks, sidecar: Path) -> None:
+    """`<export dir>/status.json`; raises `ExportValidationError` when a check failed."""
+    from trainer.callbacks import StatusFile
+
+    status = StatusFile(plan.export_dir / "status.json")
+    if checks.problems:
+        status.write("FAILURE", "Export validation failed", problems=checks.problems, onnx_file=str(plan.onnx_file))
         raise ExportValidationError(
-            f"{onnx_file}: the exported graph failed validation (kept for inspection; {side} says failed):\n"
-            + "\n".join(f"  - {p}" for p in problems))
-    status.write("SUCCESS", "Export finished", kpi=kpi, onnx_file=str(onnx_file), opset=graph.opset)
+            f"{plan.onnx_file}: the exported graph failed validation (kept for inspection; {sidecar} says failed):\n"
+            + "\n".join(f"  - {p}" for p in checks.problems))
+    kpi = {f"max_abs_diff_{'x'.join(str(s) for s in c['input_shape'])}": c.get("max_abs_diff")
+           for c in checks.parity["checks"]}
+    status.write("SUCCESS", "Export finished", kpi=kpi, onnx_file=str(plan.onnx_file), opset=checks.graph.opset)
+
+
+def export_onnx(spec: DictConfig, *, notice: Notice = stderr_notice, progress: bool = True) -> ExportResult:
+    """Export `export.checkpoint` to ONNX, validate it and write the sidecar; see the module docstring.
+
+    Raises `UserError` for problems with what the user gave (missing checkpoint, existing output without
+    `export.overwrite`, a spec contradicting the checkpoint) and `ExportValidationError` when the written graph
+    fails a check (the sidecar then says `validation.status: failed`).
+    """
+    started = time.time()
+    plan = _plan_export(spec, notice)
+    model = _load_network(plan)
+    _write_graph(plan, model, progress)
+    export_seconds = time.time() - started
+    checks = _check_graph(plan, model)
+    meta = _sidecar_meta(plan, checks, export_seconds)
+    result = ExportResult(plan.onnx_file, write_json(sidecar_path(plan.onnx_file), meta), meta)
+    _record_status(plan, checks, result.sidecar)
     if progress:
         print(result.summary())
     return result
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Running exported files (ONNX Runtime here, TensorRT in trainer.engine): shared helpers
-# --------------------------------------------------------------------------------------------------------------
-
-
-def deployed_spec(spec: DictConfig, meta: Mapping[str, Any], source: str, *,
-                  fixed_size: Optional[tuple[int, int]], notice: Notice = _stderr_notice) -> DictConfig:
-    """The spec evaluate/inference run with for an exported file described by sidecar `meta`.
-
-    The model section and depth range come from the sidecar (they are baked into the file), and so does the
-    training's pre-processing (normalisation, crop size) when the spec's split keeps the default augmentation, as
-    for checkpoints (`trainer.runtime.checkpoint_spec`). When the file only
-    takes one height/width (`fixed_size`), `evaluate.input_height/width` and `inference.input_height/width` are set
-    to it, so that the evaluation transform resizes to exactly that size (a notice says the aspect ratio is then
-    lost); a different size set in the spec is an error naming both.
-    """
-    from trainer.config import build_spec, default_spec, to_plain
-
-    plain = to_plain(spec)
-    trained_aug = (meta.get("preprocessing") or {}).get("augmentation")
-    if trained_aug:  # as trainer.runtime.checkpoint_spec: training's pre-processing unless the spec sets its own
-        default_aug = to_plain(default_spec())["dataset"]["test_dataset"]["augmentation"]
-        for split in ("test_dataset", "infer_dataset"):
-            if plain["dataset"][split].get("augmentation") == default_aug:
-                plain["dataset"][split]["augmentation"] = dict(trained_aug)
-    model = meta["model"]
-    plain["model"]["model_type"] = model["model_type"]
-    plain["model"]["encoder"] = model["encoder"]
-    if model.get("custom"):
-        plain["model"]["custom"] = dict(model["custom"])
-    if model["model_type"] == METRIC and model.get("max_depth") is not None:
-        asked = plain["dataset"].get("max_depth")
-        if asked is None:
-            plain["dataset"]["max_depth"] = model["max_depth"]
-        elif not math.isclose(float(asked), float(model["max_depth"]), rel_tol=1e-6):
-            notice(f"dataset.max_depth={float(asked):g} masks the ground truth here; {source} outputs depths in "
-                   f"(0, {float(model['max_depth']):g}) m, the range it was trained and exported with")
-        if plain["dataset"].get("min_depth") is None and model.get("min_depth") is not None:
-            plain["dataset"]["min_depth"] = model["min_depth"]
-    if fixed_size is not None:
-        h, w = int(fixed_size[0]), int(fixed_size[1])
-        notice(f"{source} takes only {h}x{w} inputs: every image is resized to exactly that size, without keeping "
-               f"its aspect ratio (non-square images then differ from the original model's prediction); the "
-               f"default export (export.dynamic_hw=true) keeps it")
-        for section in ("evaluate", "inference"):
-            for key, value in (("input_height", h), ("input_width", w)):
-                asked = plain[section].get(key)
-                if asked is not None and int(asked) != value:
-                    raise UserError(f"{section}.{key}: found {asked}, but {source} takes only {h}x{w} inputs "
-                                    f"(exported without dynamic height/width); remove {section}.{key} or set it "
-                                    f"to {value}, or export again with export.dynamic_hw=true")
-                plain[section][key] = value
-    return build_spec(plain, check_files=False, notice=lambda _m: None)
-
-
-def run_batched(run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, *, min_batch: int = 1,
-                max_batch: Optional[int] = None) -> torch.Tensor:
-    """Call `run` on chunks of at most `max_batch` images; a chunk smaller than `min_batch` is padded by repeating
-    its last image and the padding's outputs are dropped (fixed-batch files take any number of images)."""
-    if images.shape[0] == 0:
-        raise ValueError("no images")
-    step = int(max_batch) if max_batch else images.shape[0]
-    outputs = []
-    for chunk in images.split(step):
-        n = chunk.shape[0]
-        if n < min_batch:
-            chunk = torch.cat([chunk, chunk[-1:].expand(min_batch - n, *chunk.shape[1:])])
-        outputs.append(run(chunk)[:n])
-    return torch.cat(outputs)
-
-
-def check_hw(shape: Sequence[int], low: Sequence[int], high: Sequence[int], source: str, hint: str = "") -> None:
-    """Raise `UserError` when an input's height/width lie outside what the exported file accepts."""
-    h, w = int(shape[-2]), int(shape[-1])
-    if not (low[0] <= h <= high[0] and low[1] <= w <= high[1]):
-        raise UserError(f"input {h}x{w} is outside what {source} accepts ({low[0]}x{low[1]} .. {high[0]}x{high[1]}); "
-                        f"set evaluate/inference.input_height and input_width inside that range"
-                        + (f", {hint}" if hint else ""))
-
-
-@dataclass
-class OnnxPredictor:
-    """`trainer.runtime.Predictor` on ONNX Runtime: CUDAExecutionProvider when available, else the CPU."""
-
-    session: Any
-    is_metric: bool
-    description: str
-    min_batch: int = 1
-    max_batch: Optional[int] = None
-    fixed_size: Optional[tuple[int, int]] = None
-    source: str = ""
-
-    @classmethod
-    def from_spec(cls, spec: DictConfig, onnx_file: str, *, notice: Notice = _stderr_notice
-                  ) -> tuple["OnnxPredictor", DictConfig]:
-        """The predictor for `onnx_file` and the spec to evaluate/infer with (see `deployed_spec`)."""
-        import onnxruntime as ort
-
-        path = Path(onnx_file)
-        if not path.is_file():
-            raise UserError(f"onnx_file: file not found: {onnx_file}")
-        meta = read_sidecar(path)
-        if meta.get("validation", {}).get("status") == "failed":
-            notice(f"{sidecar_path(path)} records a failed validation: {meta['validation'].get('problems')}")
-        fixed = None if meta.get("dynamic_hw") else (int(meta["input_height"]), int(meta["input_width"]))
-        section = spec.evaluate if spec.evaluate.get("onnx_file") else spec.inference
-        gpu_ids = list(section.get("gpu_ids") or [0])
-        available = ort.get_available_providers()
-        providers: list[Any] = ["CPUExecutionProvider"]
-        if "CUDAExecutionProvider" in available and torch.cuda.is_available():
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(gpu_ids[0]) if gpu_ids else 0}))
-        session = ort.InferenceSession(str(path), providers=providers)
-        names_in = [i.name for i in session.get_inputs()]
-        names_out = [o.name for o in session.get_outputs()]
-        if names_in != [INPUT_NAME] or names_out != [OUTPUT_NAME]:
-            raise UserError(f"{path}: inputs {names_in} / outputs {names_out}; expected [{INPUT_NAME!r}] / "
-                            f"[{OUTPUT_NAME!r}] as written by `automl export`")
-        batch = int(meta.get("batch_size", -1))
-        used = deployed_spec(spec, meta, str(path), fixed_size=fixed, notice=notice)
-        provider = session.get_providers()[0]
-        pred = cls(session=session, is_metric=bool(meta["model"]["is_metric"]),
-                   description=f"onnxruntime ({provider}) {path}",
-                   min_batch=1 if batch == -1 else batch, max_batch=None if batch == -1 else batch,
-                   fixed_size=fixed, source=str(path))
-        return pred, used
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if self.fixed_size is not None:
-            check_hw(images.shape, self.fixed_size, self.fixed_size, self.source)
-
-        def run(x: torch.Tensor) -> torch.Tensor:
-            out = self.session.run([OUTPUT_NAME], {INPUT_NAME: x.detach().float().cpu().contiguous().numpy()})[0]
-            return torch.from_numpy(out).float()
-
-        return run_batched(run, images, min_batch=self.min_batch, max_batch=self.max_batch)
