@@ -417,9 +417,13 @@ def test_sidecar_path():
 
 
 class _FakeSkill:
-    def __init__(self, fail_engine: bool = False):
+    def __init__(self, fail_engine: bool = False, engine: tuple[bool, str] = (False, "no tensorrt for the test")):
         self.calls: list[str] = []
         self.fail_engine = fail_engine
+        self.engine = engine
+
+    def engine_available(self) -> tuple[bool, str]:
+        return self.engine
 
     def with_overrides(self, spec: Any, values: dict[str, Any]) -> dict[str, Any]:
         return {**spec, **values}
@@ -438,20 +442,17 @@ class _FakeSkill:
 
 def test_winner_export_modes(tmp_path, monkeypatch):
     from automl.search import driver
-    import trainer.engine
 
     skill = _FakeSkill()
     none = driver.export_winner(skill, {}, tmp_path / "m.ckpt", tmp_path, "none")
     assert skill.calls == [] and none["status"].startswith("skipped")
 
-    monkeypatch.setattr(trainer.engine, "tensorrt_status", lambda: (False, "no tensorrt for the test"))
     auto = driver.export_winner(skill, {}, tmp_path / "m.ckpt", tmp_path, "auto")
     assert skill.calls == ["export"] and auto["status"] == "exported"
     assert auto["onnx_file"] == str(tmp_path / "model.onnx") and auto["engine_skipped"] == "no tensorrt for the test"
     assert "engine" not in auto
 
-    monkeypatch.setattr(trainer.engine, "tensorrt_status", lambda: (True, "TensorRT 10"))
-    skill = _FakeSkill()
+    skill = _FakeSkill(engine=(True, "TensorRT 10"))
     both = driver.export_winner(skill, {}, tmp_path / "m.ckpt", tmp_path, "auto")
     assert skill.calls == ["export", "engine"] and both["engine"] == "e.engine"
 

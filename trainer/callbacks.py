@@ -117,6 +117,7 @@ class RunRecorder(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.status.reserve is not None:
             self.status.reserve.release()
+        _drop_optimizer_state(trainer)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._announce_resume and trainer.is_global_zero:
@@ -181,9 +182,6 @@ class RunRecorder(pl.Callback):
             shown = "  ".join(f"{k}={v:.4g}" for k, v in kpi.items())
             print(f"epoch {epoch + 1}/{trainer.max_epochs}  {shown}  ({elapsed:.1f}s, eta {_fmt_td(eta)})",
                   flush=True)
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        _drop_optimizer_state(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """Record how the run ended (STOPPED, or FAILURE with the reason) and end the MLflow run; never raises, so

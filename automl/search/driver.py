@@ -742,9 +742,7 @@ def export_winner(skill: Any, trial_spec: DictConfig, checkpoint: Path, best_dir
         return info
     build = mode == "engine"
     if mode == "auto":
-        from trainer.engine import tensorrt_status
-
-        build, reason = tensorrt_status()
+        build, reason = skill.engine_available()
         if not build:
             info["engine_skipped"] = reason
             print(f"automl.export=auto: TensorRT engine skipped ({reason}); exporting ONNX only", file=sys.stderr)

@@ -131,7 +131,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     import ray
 
     os.environ.update(ctx.tracking_env)  # read by MLflow's HTTP client at each request
-    from automl.search.resume import newest_checkpoint, stop_with_driver
+    from automl.search.resume import stop_with_driver
 
     stop_with_driver(ctx.driver_pid, ctx.driver_host)
     trial_id = tune.get_context().get_trial_id()
@@ -184,7 +184,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
 def _run(ctx: TrialContext, spec: Any, trial_id: str, out: Path, tracking: Any, restored_dir: Optional[Path],
          send: Any) -> None:
-    """Train the trial: over its DDP ranks, or in this process (from the checkpoint Tune restored, if any)."""
+    """Train the trial: over its DDP ranks, or in this process (from the newest complete checkpoint: Tune's or the
+    trial folder's, if any)."""
+    from automl.search.resume import newest_checkpoint
     from automl.skills import get_skill
 
     skill = get_skill(ctx.skill_name)

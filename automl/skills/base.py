@@ -66,5 +66,9 @@ class Skill(ABC):
         ...
 
     @abstractmethod
+    def engine_available(self) -> tuple[bool, str]:
+        """Whether `gen_trt_engine` can build an engine here (its runtime imports and a GPU is visible), and why not."""
+
+    @abstractmethod
     def gen_trt_engine(self, spec: DictConfig) -> Any:
         ...

@@ -161,6 +161,11 @@ class DepthNetMono(Skill):
 
         return export_onnx(spec)
 
+    def engine_available(self) -> tuple[bool, str]:
+        from trainer.deploy.tensorrt import tensorrt_status
+
+        return tensorrt_status()
+
     def gen_trt_engine(self, spec: DictConfig) -> Any:
         from trainer.deploy.tensorrt import build_engine
 
