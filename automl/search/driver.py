@@ -358,8 +358,8 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
     try:
         return _run_search(skill, spec, opts)
     except Exception as exc:
-        if storage_error(exc) is None:
-            raise
+        if isinstance(exc, UserError) or storage_error(exc) is None:
+            raise  # a UserError already says what is wrong (a read-only or full results folder found up front too)
         raise stop_on_storage_error(exc, results, reserve) from None
     finally:
         if reserve is not None:
