@@ -378,7 +378,9 @@ def _run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, 
     started = time.time()
     results = Path(spec.results_dir).resolve()
     check_writable(results)
-    check_free_space(results, *run_bytes(spec, runs=opts.num_trials))
+    # every trial keeps its checkpoints; a search with an epoch budget runs at most one trial per budgeted epoch
+    runs = min(opts.num_trials, opts.budget_epochs) if opts.budget_epochs else opts.num_trials
+    check_free_space(results, *run_bytes(spec, runs=runs))
     state_path = results / STATE_FILE
     state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.is_file() else {}
     storage = Path(opts.storage_path or state.get("storage_path") or results / "ray")
