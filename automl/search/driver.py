@@ -751,7 +751,8 @@ def export_winner(skill: Any, trial_spec: DictConfig, checkpoint: Path, best_dir
         print(f"\nexporting the winner to {onnx_file}:")
         export_spec = skill.with_overrides(trial_spec, {
             "export.checkpoint": str(checkpoint), "export.onnx_file": str(onnx_file),
-            "export.results_dir": str(best_dir / "export"), "export.overwrite": True})
+            "export.results_dir": str(best_dir / "export"), "export.overwrite": True,
+            **skill.validated_input_size(trial_spec)})
         skill.export(export_spec)
         info["onnx_file"] = str(onnx_file)
         info["onnx_sidecar"] = str(onnx_file) + ".json"
