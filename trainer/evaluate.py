@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import bisect
 import time
-from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch

@@ -10,8 +10,9 @@ import os
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
-from trainer.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, MlflowRun, TrackingConfig
 from automl.search.states import TrialState
+from trainer.errors import first_line
+from trainer.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, MlflowRun, TrackingConfig
 
 TRIAL_TAG = "automl.trial_id"
 STATE_TAG = "automl.trial_state"
@@ -83,7 +84,7 @@ def check_tracking_reachable(uri: str) -> None:
     try:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - any failure here means the search cannot be tracked
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)[:300]
         raise UserError(f"MLflow tracking store {uri} is not reachable ({first}); start the server "
                         f"(mlflow server --host 127.0.0.1 --port 5000 ...) or pass another --tracking-uri") from None
 
