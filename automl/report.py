@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from automl.report_plots import STATE_COLOURS, STATE_TEXT
+from automl.search.states import ENDED
 from trainer.errors import UserError
 
 REPORT_DIR = "report"
@@ -345,7 +346,7 @@ def _cards(summary: Mapping[str, Any]) -> str:
     states = summary.get("states") or {}
     items = [("trials", summary.get("num_trials", len(summary.get("trials") or []))),
              (f"best {metric}", _fmt(w.get("best"), 5)), ("winner", w.get("trial_id", "none"))]
-    items += [(s, states.get(s, 0)) for s in ("completed", "stopped", "pruned", "error")]
+    items += [(s, states.get(s, 0)) for s in ENDED]
     items.append(("wall time", f"{float(summary.get('wall_time_s') or 0) / 60:.1f} min"))
     if summary.get("gpu_hours"):
         items.append(("GPU time", f"{float(summary['gpu_hours']):.2f} GPU-h"))

@@ -14,10 +14,13 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-STATE_COLOURS = {"completed": "#1f77b4", "stopped": "#9e9e9e", "pruned": "#d62728", "error": "#000000",
-                 "running": "#ff7f0e", "orphaned": "#8c564b"}
-STATE_TEXT = {"completed": "completed", "stopped": "stopped by the scheduler", "pruned": "pruned (non-finite loss)",
-              "error": "error", "running": "unfinished", "orphaned": "orphaned"}
+from automl.search.states import TrialState
+
+STATE_COLOURS = {TrialState.COMPLETED: "#1f77b4", TrialState.STOPPED: "#9e9e9e", TrialState.PRUNED: "#d62728",
+                 TrialState.ERROR: "#000000", TrialState.RUNNING: "#ff7f0e", TrialState.ORPHANED: "#8c564b"}
+STATE_TEXT = {TrialState.COMPLETED: "completed", TrialState.STOPPED: "stopped by the scheduler",
+              TrialState.PRUNED: "pruned (non-finite loss)", TrialState.ERROR: "error",
+              TrialState.RUNNING: "unfinished", TrialState.ORPHANED: "orphaned"}
 # colours of completed trials, one each (the winner keeps its own and is drawn bold)
 PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#ff7f0e", "#393b79",
            "#637939", "#8c6d31", "#843c39")

@@ -425,6 +425,9 @@ class _FakeSkill:
     def engine_available(self) -> tuple[bool, str]:
         return self.engine
 
+    def validated_input_size(self, spec: Any) -> dict[str, Any]:
+        return {"export.input_height": 112, "export.input_width": 154}
+
     def with_overrides(self, spec: Any, values: dict[str, Any]) -> dict[str, Any]:
         return {**spec, **values}
 

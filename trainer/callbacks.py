@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 
-from trainer.errors import NonFiniteLossError
+from trainer.errors import NonFiniteLossError, first_line
 from trainer.records import DiskReserve, append_line, read_json_lines, storage_error, storage_message, write_atomic
 from trainer.tracking import MlflowRun
 
@@ -233,7 +233,7 @@ class RunRecorder(pl.Callback):
         extra: dict[str, Any] = {"reason": reason}
         if isinstance(exception, NonFiniteLossError):
             extra.update(step=exception.step, epoch=exception.epoch, samples=exception.samples[:32])
-        self.status.write("FAILURE", str(exception).splitlines()[0] if str(exception) else reason, **extra)
+        self.status.write("FAILURE", first_line(exception) if str(exception).strip() else reason, **extra)
         if self.mlflow is not None:
             self.mlflow.set_tags({"failure_reason": reason, "failure_message": str(exception)[:4000]})
             self.mlflow.end("FAILED")

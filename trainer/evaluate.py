@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import bisect
 import time
-from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
@@ -14,7 +13,7 @@ from trainer.callbacks import StatusFile
 from trainer.metrics import MetricAccumulator
 from trainer.module import as_depth
 from trainer.records import write_json_atomic
-from trainer.runtime import Predictor, build_predictor, resize_prediction
+from trainer.runtime import Predictor, build_predictor, output_dir, resize_prediction
 from trainer.constants import RELATIVE
 
 METRIC_ORDER = ("d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog")
@@ -70,7 +69,7 @@ def evaluate(spec: DictConfig, *, progress: bool = True) -> dict[str, Any]:
     from trainer.data import build_dataloader
 
     started = time.time()
-    out = Path(spec.evaluate.results_dir or Path(spec.results_dir) / "evaluate")
+    out = output_dir(spec, "evaluate")
     out.mkdir(parents=True, exist_ok=True)
     predictor, used = build_predictor(spec, spec.evaluate)
     relative = used.model.model_type == RELATIVE

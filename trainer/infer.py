@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from trainer.callbacks import StatusFile
 from trainer.records import write_json_atomic
-from trainer.runtime import build_predictor, resize_prediction
+from trainer.runtime import build_predictor, output_dir, resize_prediction
 from trainer.constants import METRIC
 
 
@@ -51,7 +51,7 @@ def inference(spec: DictConfig, *, progress: bool = True) -> dict[str, Any]:
     from trainer.data.depth_io import write_pfm
 
     started = time.time()
-    out = Path(spec.inference.results_dir or Path(spec.results_dir) / "inference")
+    out = output_dir(spec, "inference")
     out.mkdir(parents=True, exist_ok=True)
     predictor, used = build_predictor(spec, spec.inference)
     metric = used.model.model_type == METRIC

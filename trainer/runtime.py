@@ -113,6 +113,20 @@ class TorchPredictor(Predictor):
         return out.float().cpu()
 
 
+def output_dir(spec: DictConfig, action: str) -> Path:
+    """Where `evaluate` / `inference` write: `<action>.results_dir` when given; else, for an exported model, a folder
+    beside that file (`<action>-engine` for a TensorRT engine, `<action>-onnx` for an ONNX file), so the results stay
+    with the model they describe; else `<results_dir>/<action>`."""
+    section = spec[action]
+    if section.results_dir:
+        return Path(section.results_dir)
+    if section.trt_engine:
+        return Path(section.trt_engine).parent / f"{action}-engine"
+    if section.onnx_file:
+        return Path(section.onnx_file).parent / f"{action}-onnx"
+    return Path(spec.results_dir) / action
+
+
 def build_predictor(spec: DictConfig, section: DictConfig) -> tuple[Predictor, DictConfig]:
     """From `evaluate` or `inference` section: checkpoint (PyTorch), onnx_file (ONNX Runtime) or trt_engine."""
     if section.get("trt_engine"):

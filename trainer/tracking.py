@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from trainer.errors import first_line
+
 
 @dataclass
 class TrackingConfig:
@@ -211,7 +213,7 @@ class MlflowRun:
         disk = storage_error(exc)
         if stop_on_full_disk and disk is not None and self.uri.startswith("sqlite:"):
             raise OSError(disk.errno, disk.strerror, self.uri[len("sqlite:///"):]) from None
-        msg = f"MLflow ({self.uri}): could not {what}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        msg = f"MLflow ({self.uri}): could not {what}: {type(exc).__name__}: {first_line(exc)[:200]}"
         if not self.failures:
             print(f"warning: {msg}; training continues, later tracking errors are counted", file=sys.stderr)
         self.failures.append(msg)

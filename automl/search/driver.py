@@ -41,6 +41,7 @@ from automl.search.trial import TrialContext, run_trial, warm_workers_enabled
 from trainer.callbacks import StatusFile
 from trainer.errors import UserError, first_line
 from trainer.records import write_json_atomic
+from automl.search.states import ENDED, TrialState
 
 STATE_FILE = "search_state.json"
 EXPERIMENT = "search"
@@ -88,7 +89,7 @@ class SearchOptions:
 class TrialRecord:
     trial_id: str
     params: dict[str, Any]
-    state: str  # completed | stopped (by the scheduler) | pruned (non-finite loss) | error | running
+    state: TrialState
     best: Optional[float]
     best_epoch: Optional[int]
     epochs: int
@@ -96,6 +97,9 @@ class TrialRecord:
     results_dir: Optional[str] = None
     history: list[dict[str, Any]] = field(default_factory=list)
     baseline: bool = False
+
+    def __post_init__(self) -> None:
+        self.state = TrialState(self.state)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -276,19 +280,19 @@ def collect_trials(grid: Any, space: SearchSpace, num_epochs: int, baseline: Map
         best, best_epoch = _best_in(scored, space.metric, space.mode)
         epochs = len([h for h in scored if "epoch" in h and h["epoch"] == h["epoch"]])
         if last.get(PRUNE_KEY):
-            state, reason = "pruned", str(last.get(PRUNE_KEY))
+            state, reason = TrialState.PRUNED, str(last.get(PRUNE_KEY))
             best, best_epoch = None, None  # a diverged trial has no result to rank (its finished epochs count)
         elif last.get(FAIL_KEY):  # ended itself with a recorded reason (out of memory), not retried
-            state, reason = "error", str(last.get(FAIL_KEY))
+            state, reason = TrialState.ERROR, str(last.get(FAIL_KEY))
         elif unreadable is not None:
-            state, reason = "error", unreadable
+            state, reason = TrialState.ERROR, unreadable
         elif res.error is not None:
             lines = [line for line in str(res.error).splitlines() if line.strip()]
-            state, reason = "error", f"{type(res.error).__name__}: {(lines[-1].strip() if lines else '')[:300]}"
+            state, reason = TrialState.ERROR, f"{type(res.error).__name__}: {(lines[-1].strip() if lines else '')[:300]}"
         elif epochs >= num_epochs:
-            state, reason = "completed", None
+            state, reason = TrialState.COMPLETED, None
         else:
-            state, reason = "stopped", "scheduler"
+            state, reason = TrialState.STOPPED, "scheduler"
         records.append(TrialRecord(trial_id=trial_id, params=params, state=state, best=best, best_epoch=best_epoch,
                                    epochs=epochs, reason=reason, history=[_clean(h) for h in history],
                                    baseline=bool(baseline) and all(params.get(k) == v for k, v in baseline.items())))
@@ -311,7 +315,7 @@ def _clean(h: Mapping[str, Any]) -> dict[str, Any]:
 
 def pick_winner(records: list[TrialRecord], mode: str) -> Optional[TrialRecord]:
     """Best finite objective over completed or scheduler-stopped trials; a diverged or failed trial never wins."""
-    eligible = [r for r in records if r.state in ("completed", "stopped") and r.best is not None]
+    eligible = [r for r in records if r.state.has_result and r.best is not None]
     if not eligible:
         return None
     return min(eligible, key=lambda r: r.best) if mode == "min" else max(eligible, key=lambda r: r.best)
@@ -488,7 +492,7 @@ def _run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, 
     records = collect_trials(grid, space, num_epochs, baseline)
     for r in records:
         r.results_dir = str(results / "trials" / r.trial_id)
-        if same_failure.stop_all() and r.state == "stopped" and r.epochs == 0:
+        if same_failure.stop_all() and r.state == TrialState.STOPPED and r.epochs == 0:
             r.reason = SEARCH_STOPPED  # ended by the stop of the whole search, not by the scheduler
     optuna_orphans = _close_orphans(results, f"search-{results.name}")
     orphans = _orphaned_trials(results, records)
@@ -500,7 +504,7 @@ def _run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, 
         "num_trials": len(records), "concurrent": concurrent, "resources_per_trial": resources,
         "ddp_workers_per_trial": res.ddp_workers,
         "states": {s: sum(1 for r in records if r.state == s) for s in
-                   ("completed", "stopped", "pruned", "error")},
+                   ENDED},
         "baseline": next((asdict(r) for r in records if r.baseline), None),
         "winner": None, "trials": [asdict(r) for r in records],
         "orphaned_trials": [{"trial_id": t, "results_dir": str(results / "trials" / t), "reason": ORPHAN_REASON}
@@ -517,7 +521,7 @@ def _run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, 
         parent.set_trial_outcome(r.trial_id, parent_state, r.reason, r.best,
                                  winner=winner is not None and r.trial_id == winner.trial_id)
     for trial_id in orphans:
-        parent.set_trial_outcome(trial_id, "orphaned", ORPHAN_REASON)
+        parent.set_trial_outcome(trial_id, TrialState.ORPHANED, ORPHAN_REASON)
     if orphans:
         print(f"notice: {len(orphans)} trial(s) started after Ray Tune's last snapshot before the driver died "
               f"({', '.join(orphans)}); the resumed search ran their points as new trials. Their folders under "
@@ -608,12 +612,12 @@ class SameFailureStopper(Stopper):
 def failure_message(records: list[TrialRecord], metric: str, summary_file: Path) -> str:
     """Why a search produced no usable trial, in the words a user can act on: the one error every trial failed with,
     the learning-rate hint only when trials diverged, else the count of each ending."""
-    errors = {r.reason for r in records if r.state == "error" and r.reason}
-    states = {s: sum(1 for r in records if r.state == s) for s in ("completed", "stopped", "pruned", "error")}
+    errors = {r.reason for r in records if r.state == TrialState.ERROR and r.reason}
+    states = {s: sum(1 for r in records if r.state == s) for s in ENDED}
     ran = [r for r in records if r.reason != SEARCH_STOPPED]
-    if ran and all(r.state == "error" for r in ran) and len(errors) == 1:
+    if ran and all(r.state == TrialState.ERROR for r in ran) and len(errors) == 1:
         return f"every trial failed with the same error, so the search stopped: {errors.pop()}"
-    hint = (" (a learning-rate range that diverges everywhere is the usual cause)" if states["pruned"] else "")
+    hint = (" (a learning-rate range that diverges everywhere is the usual cause)" if states[TrialState.PRUNED] else "")
     shown = "; ".join(sorted(errors))[:600]
     return (f"no trial finished with a finite {metric}: {states}" + (f"; errors: {shown}" if shown else "") +
             f"; see {summary_file}{hint}")
@@ -753,7 +757,8 @@ def export_winner(skill: Any, trial_spec: DictConfig, checkpoint: Path, best_dir
         print(f"\nexporting the winner to {onnx_file}:")
         export_spec = skill.with_overrides(trial_spec, {
             "export.checkpoint": str(checkpoint), "export.onnx_file": str(onnx_file),
-            "export.results_dir": str(best_dir / "export"), "export.overwrite": True})
+            "export.results_dir": str(best_dir / "export"), "export.overwrite": True,
+            **skill.validated_input_size(trial_spec)})
         skill.export(export_spec)
         info["onnx_file"] = str(onnx_file)
         info["onnx_sidecar"] = str(onnx_file) + ".json"

@@ -15,6 +15,7 @@ from typing import Any, Optional
 from ray.tune import Callback
 
 from automl.search.guards import DISK_FULL_PREFIX, FAIL_KEY, PRUNE_KEY, SearchStorageError, is_finite_number
+from automl.search.states import TrialState
 
 
 class TrialTable(Callback):
@@ -33,7 +34,7 @@ class TrialTable(Callback):
     # ---- Tune hooks ---------------------------------------------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
-        row["state"] = "running"
+        row["state"] = TrialState.RUNNING
         if "epoch" not in row:  # a trial restored by --resume: what it reported under the previous driver
             self._seed_from_restored(trial, row)
         self._event(f"start  {trial.trial_id}  {self._params(trial)}")
@@ -41,11 +42,11 @@ class TrialTable(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         row = self._row(trial)
         if result.get(PRUNE_KEY):
-            row["state"] = "pruned"
+            row["state"] = TrialState.PRUNED
             row["reason"] = result.get(PRUNE_KEY)
             return
         if result.get(FAIL_KEY):
-            row["state"] = "error"
+            row["state"] = TrialState.ERROR
             row["reason"] = result.get(FAIL_KEY)
             if str(result[FAIL_KEY]).startswith(DISK_FULL_PREFIX):  # no trial can write: stop the search
                 raise SearchStorageError(errno.ENOSPC, f"trial {trial.trial_id} could not write "
@@ -61,15 +62,15 @@ class TrialTable(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
-        if row.get("state") not in ("pruned", "error"):
-            row["state"] = "completed" if row.get("epoch", 0) >= self.num_epochs else "stopped"
+        if row.get("state") not in (TrialState.PRUNED, TrialState.ERROR):
+            row["state"] = TrialState.COMPLETED if row.get("epoch", 0) >= self.num_epochs else TrialState.STOPPED
         extra = f" ({row.get('reason')})" if row.get("reason") else ""
         self._event(f"{row['state']:<9} {trial.trial_id}  best {self.space.metric}={_fmt(row.get('best'))}  "
                     f"epochs={row.get('epoch', 0)}{extra}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
-        row["state"] = "error"
+        row["state"] = TrialState.ERROR
         self._event(f"error     {trial.trial_id}  (see {trial.local_path or trial.path})")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -78,7 +79,7 @@ class TrialTable(Callback):
     @property
     def unfinished(self) -> list[str]:
         """Trials started or waiting that have not ended (after an interrupted search: what --resume continues)."""
-        return [tid for tid, row in self.rows.items() if row["state"] in ("running", "pending")]
+        return [tid for tid, row in self.rows.items() if row["state"] in (TrialState.RUNNING, TrialState.PENDING)]
 
     def _seed_from_restored(self, trial: Any, row: dict[str, Any]) -> None:
         last = getattr(trial, "last_result", None) or {}
@@ -91,7 +92,7 @@ class TrialTable(Callback):
 
     # ---- drawing ------------------------------------------------------------------------------------------------
     def _row(self, trial: Any) -> dict[str, Any]:
-        return self.rows.setdefault(trial.trial_id, {"state": "pending", "params": dict(trial.config or {})})
+        return self.rows.setdefault(trial.trial_id, {"state": TrialState.PENDING, "params": dict(trial.config or {})})
 
     def _params(self, trial: Any) -> str:
         cfg = trial.config or {}

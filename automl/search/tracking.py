@@ -10,15 +10,14 @@ import os
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
+from automl.search.states import TrialState
+from trainer.errors import first_line
 from trainer.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, MlflowRun, TrackingConfig
 
 TRIAL_TAG = "automl.trial_id"
 STATE_TAG = "automl.trial_state"
 # the same value under a short name, for MLflow's runs table (`tags.trial_state = 'error'` in its search box)
 SHORT_STATE_TAG = "trial_state"
-# how each summary.json state ends the trial's MLflow run
-RUN_STATUS = {"completed": "FINISHED", "stopped": "FINISHED", "error": "FAILED", "pruned": "KILLED",
-              "orphaned": "KILLED"}
 
 
 def short_names(names: Sequence[str]) -> dict[str, str]:
@@ -85,7 +84,7 @@ def check_tracking_reachable(uri: str) -> None:
     try:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - any failure here means the search cannot be tracked
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)[:300]
         raise UserError(f"MLflow tracking store {uri} is not reachable ({first}); start the server "
                         f"(mlflow server --host 127.0.0.1 --port 5000 ...) or pass another --tracking-uri") from None
 
@@ -149,10 +148,10 @@ class ParentRun:
         except Exception as exc:  # noqa: BLE001
             self.run.failures.append(f"artifact spec.yaml: {exc}")
 
-    def set_trial_outcome(self, trial_id: str, state: str, reason: Optional[str] = None,
+    def set_trial_outcome(self, trial_id: str, state: TrialState | str, reason: Optional[str] = None,
                           best: Optional[float] = None, winner: bool = False) -> None:
         """Tag the trial's child run with how it ended (STATE_TAG and SHORT_STATE_TAG: summary.json's state) and
-        set its status to match (RUN_STATUS)."""
+        set its status to match (`TrialState.mlflow_status`)."""
         if not self.run_id:
             return
         run_id = find_child_run(self.uri, self.experiment_name, self.run_id, trial_id)
@@ -165,14 +164,14 @@ class ParentRun:
             client.set_tag(run_id, STATE_TAG, state)
             client.set_tag(run_id, SHORT_STATE_TAG, state)
             if reason:
-                key = {"error": "automl.failure_reason", "orphaned": "automl.orphan_reason"}.get(
+                key = {TrialState.ERROR: "automl.failure_reason", TrialState.ORPHANED: "automl.orphan_reason"}.get(
                     state, "automl.prune_reason")
                 client.set_tag(run_id, key, reason)
             if best is not None:
                 client.set_tag(run_id, "automl.best_objective", str(best))
             if winner:
                 client.set_tag(run_id, "automl.winner", "true")
-            final = RUN_STATUS.get(state, "FINISHED")
+            final = TrialState(state).mlflow_status
             if client.get_run(run_id).info.status != final:
                 with contextlib.redirect_stdout(io.StringIO()):  # MLflow prints "View run ..." links here
                     client.set_terminated(run_id, status=final)

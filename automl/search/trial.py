@@ -34,6 +34,7 @@ from typing import Any, Optional
 from automl.search.guards import DISK_FULL_PREFIX, FAIL_KEY, PRUNE_KEY
 from automl.search.tracking import TRIAL_TAG, find_child_run, searched_tag, trial_params
 from trainer.errors import UserError, first_line
+from automl.search.states import TrialState
 
 # Test hooks (never set by the CLI or by a spec): see automl/testing.py; the driver reads them once
 # (automl.testing.read_fault_hooks) into TrialContext.faults.
@@ -142,7 +143,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     try:
         spec = skill.with_overrides(OmegaConf.create(ctx.base_spec), values, base_dir=ctx.user_cwd)
     except UserError as exc:  # the sampled values make an invalid spec: the same on every retry
-        tune.report({ctx.metric: None, FAIL_KEY: deterministic_failure(exc), "trial_state": "error"})
+        tune.report({ctx.metric: None, FAIL_KEY: deterministic_failure(exc), "trial_state": TrialState.ERROR})
         return
 
     run_id = find_child_run(ctx.tracking_uri, ctx.experiment_name, ctx.parent_run_id, trial_id) \
@@ -280,17 +281,17 @@ def _fit_and_report(skill: Any, spec: Any, ctx: TrialContext, trial_id: str, out
         # deterministic for a given batch/crop/encoder: recorded as an error at once, no retry to burn budget on
         from trainer.errors import out_of_memory_message
 
-        send({ctx.metric: None, FAIL_KEY: f"out_of_memory: {out_of_memory_message(exc)}", "trial_state": "error"})
+        send({ctx.metric: None, FAIL_KEY: f"out_of_memory: {out_of_memory_message(exc)}", "trial_state": TrialState.ERROR})
         return "error"
     except NonFiniteLossError as exc:
-        send({ctx.metric: None, PRUNE_KEY: exc.reason, "trial_state": "pruned", "diverged_step": exc.step,
+        send({ctx.metric: None, PRUNE_KEY: exc.reason, "trial_state": TrialState.PRUNED, "diverged_step": exc.step,
               "diverged_epoch": exc.epoch, "diverged_what": exc.what})
         return "pruned"
     except (UserError, OSError) as exc:
         reason = deterministic_failure(exc)
         if reason is None:
             raise  # may pass on a retry (a flaky mount, a lost connection): Ray retries from the last checkpoint
-        send({ctx.metric: None, FAIL_KEY: reason, "trial_state": "error"})
+        send({ctx.metric: None, FAIL_KEY: reason, "trial_state": TrialState.ERROR})
         return "error"
 
 

@@ -66,6 +66,11 @@ class Skill(ABC):
         ...
 
     @abstractmethod
+    def validated_input_size(self, spec: DictConfig) -> dict[str, Any]:
+        """The export keys (dotted) that make an exported model take inputs of the size the run validated at, so
+        that a search's exported winner scores what the winner scored."""
+
+    @abstractmethod
     def engine_available(self) -> tuple[bool, str]:
         """Whether `gen_trt_engine` can build an engine here (its runtime imports and a GPU is visible), and why not."""
 

@@ -161,6 +161,10 @@ class DepthNetMono(Skill):
 
         return export_onnx(spec)
 
+    def validated_input_size(self, spec: DictConfig) -> dict[str, Any]:
+        height, width = (int(v) for v in spec.dataset.val_dataset.augmentation.crop_size)
+        return {"export.input_height": height, "export.input_width": width}
+
     def engine_available(self) -> tuple[bool, str]:
         from trainer.deploy.tensorrt import tensorrt_status
 

@@ -1,7 +1,7 @@
 """Geometric and photometric transforms for RGB-D training and evaluation.
 
 All randomness comes from a `numpy.random.Generator` passed in, so a transform is a pure function of its inputs
-and that generator (same seed -> same output). Training resizes RGB bicubically (Pillow on uint8); evaluation and
+and that generator (same seed -> same output). Training resizes RGB with the original training pipeline's cv2 `INTER_CUBIC` (on uint8); evaluation and
 inference use the original's pre-processing exactly (cv2 `INTER_CUBIC` on the [0, 1] float image,
 `preprocess_image`). Depth and its validity mask are resized
 with nearest-neighbour sampling only, so a depth value is never interpolated across an invalid pixel or an object
@@ -15,7 +15,6 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from trainer.constants import PATCH_SIZE as PATCH
 
@@ -27,11 +26,15 @@ from trainer.constants import PATCH_SIZE as PATCH
 
 
 def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bicubic resize of uint8 `[H, W, 3]` to `size` = (height, width) (Pillow; antialiased when shrinking)."""
+    """Bicubic resize of uint8 `[H, W, 3]` to `size` = (height, width) with the original training pipeline's
+    kernel (cv2 `INTER_CUBIC`, no antialiasing); on uint8, so values are rounded and clipped to 0..255 where the
+    original keeps [0, 1] floats (at most half a grey level apart)."""
+    import cv2
+
     h, w = size
     if rgb.shape[:2] == (h, w):
         return rgb
-    return np.array(Image.fromarray(rgb).resize((w, h), Image.BICUBIC))
+    return cv2.resize(np.ascontiguousarray(rgb), (w, h), interpolation=cv2.INTER_CUBIC)
 
 
 def resize_nearest(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
