@@ -146,6 +146,7 @@ def test_the_failure_message_names_the_shared_error_and_hints_at_the_lr_only_whe
     diverged = failure_message([rec("pruned", "non_finite_loss"), rec("error", "out_of_memory: ...")],
                                "val/loss", tmp_path / "s.json")
     assert "learning-rate" in diverged and "out_of_memory" in diverged
+    assert "'pruned': 1" in diverged and "TrialState" not in diverged  # plain names, as in summary.json
 
 
 def test_a_trial_error_with_an_empty_message_is_described_not_raised():

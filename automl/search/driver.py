@@ -503,8 +503,7 @@ def _run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, 
         "search_space": space.to_dict()["parameters"], "scheduler": opts.scheduler,
         "num_trials": len(records), "concurrent": concurrent, "resources_per_trial": resources,
         "ddp_workers_per_trial": res.ddp_workers,
-        "states": {s: sum(1 for r in records if r.state == s) for s in
-                   ENDED},
+        "states": state_counts(records),
         "baseline": next((asdict(r) for r in records if r.baseline), None),
         "winner": None, "trials": [asdict(r) for r in records],
         "orphaned_trials": [{"trial_id": t, "results_dir": str(results / "trials" / t), "reason": ORPHAN_REASON}
@@ -609,11 +608,16 @@ class SameFailureStopper(Stopper):
                 and len(set(self.failures.values())) == 1)
 
 
+def state_counts(records: list[TrialRecord]) -> dict[str, int]:
+    """How many trials ended in each state, keyed by the states' plain names (summary.json, messages)."""
+    return {s.value: sum(1 for r in records if r.state == s) for s in ENDED}
+
+
 def failure_message(records: list[TrialRecord], metric: str, summary_file: Path) -> str:
     """Why a search produced no usable trial, in the words a user can act on: the one error every trial failed with,
     the learning-rate hint only when trials diverged, else the count of each ending."""
     errors = {r.reason for r in records if r.state == TrialState.ERROR and r.reason}
-    states = {s: sum(1 for r in records if r.state == s) for s in ENDED}
+    states = state_counts(records)
     ran = [r for r in records if r.reason != SEARCH_STOPPED]
     if ran and all(r.state == TrialState.ERROR for r in ran) and len(errors) == 1:
         return f"every trial failed with the same error, so the search stopped: {errors.pop()}"
