@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import pytest
 
@@ -128,3 +129,19 @@ def wait_http(uri: str, timeout: float) -> None:
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(f"{uri} did not come up in {timeout} s")
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mnt: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at `mnt` (created) with mount `options` (e.g. "size=24m", "ro,size=1m") for the test, and
+    unmounted after it; skips the test where mounting is refused (it needs root / CAP_SYS_ADMIN)."""
+    import subprocess
+
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(reason=f"cannot mount a tmpfs ({options}) here: {done.stderr.decode().strip()[:200]}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

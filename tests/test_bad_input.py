@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import status_lines, tiny_spec_tree, write_yaml
+from tests.conftest import mounted_tmpfs, status_lines, tiny_spec_tree, write_yaml
 
 
 def run(argv: list[str], capsys) -> tuple[int, str]:
@@ -269,17 +269,8 @@ def test_resume_checkpoint_truncated_or_of_another_model_or_running_code(trained
 def read_only_disk(tmp_path):
     """An empty tmpfs mounted read-only (needs root / CAP_SYS_ADMIN; skipped where mounting is refused): writes fail
     with EROFS, which no chmod can give a root user."""
-    import subprocess
-
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.decode().strip()[:200]}")
-    try:
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=1m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_a_read_only_results_dir_is_one_message_for_every_action(synth_data, read_only_disk, tmp_path, capsys):

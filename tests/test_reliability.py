@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port, status_lines, tiny_spec_tree, wait_http, write_yaml
+from tests.conftest import free_port, mounted_tmpfs, status_lines, tiny_spec_tree, wait_http, write_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("RELIABILITY_SEED", "7"))
@@ -592,16 +592,8 @@ def test_lint_every_torch_load_is_weights_only():
 def small_disk(tmp_path, request):
     """A tmpfs of 24 MiB (or `request.param` MiB) mounted for the test (needs root / CAP_SYS_ADMIN; skipped where
     mounting is refused)."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    size = getattr(request, "param", 24)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}m", "tmpfs", str(mnt)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()[:200]}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", f"size={getattr(request, 'param', 24)}m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def fill_disk(mnt: Path, leave: int = 0) -> Path:
