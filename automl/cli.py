@@ -14,6 +14,8 @@ import textwrap
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+from automl.skills import DEFAULT_SKILL
+
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 
@@ -29,7 +31,7 @@ class Action:
 
 
 def _add_spec_args(p: argparse.ArgumentParser, spec_required: bool = False) -> None:
-    p.add_argument("--skill", default="depth_net_mono", help="model family (default: depth_net_mono)")
+    p.add_argument("--skill", default=DEFAULT_SKILL, help=f"model family (default: {DEFAULT_SKILL})")
     p.add_argument("-e", "--experiment_spec", "--spec", dest="spec", required=spec_required, metavar="SPEC.yaml",
                    help="spec file (TAO depth_net keys accepted)" +
                         ("" if spec_required else "; without it, the embedded demo on synthetic scenes"))
@@ -60,11 +62,12 @@ def _synth_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", choices=("nyu", "metric"), default="nyu",
                    help="nyu: rgb_XXXXX.jpg + sync_depth_XXXXX.png (uint16 mm); metric: PNG + float32 .npy metres")
     p.add_argument("--val-fraction", type=float, default=0.2, help="fraction of scenes held out for val.txt")
+    p.add_argument("--skill", default=DEFAULT_SKILL, help=f"model family (default: {DEFAULT_SKILL})")
 
 
 def _synth_run(args: argparse.Namespace) -> int:
-    from trainer.data.synth import generate_dataset
-    from trainer.errors import UserError
+    from automl.skills import get_skill
+    from automl.skills.shared import UserError
 
     try:
         h, w = (int(v) for v in args.size.lower().split("x"))
@@ -76,8 +79,8 @@ def _synth_run(args: argparse.Namespace) -> int:
         raise UserError(f"--num: expected at least 1 frame, found {args.num}")
     if not 0.0 <= args.val_fraction < 1.0:
         raise UserError(f"--val-fraction: expected a value in [0, 1), found {args.val_fraction}")
-    res = generate_dataset(args.out, args.num, size=(h, w), seed=args.seed, layout=args.layout,
-                           val_fraction=args.val_fraction, progress=True)
+    res = get_skill(args.skill).synthesize(args.out, args.num, size=(h, w), seed=args.seed, layout=args.layout,
+                                           val_fraction=args.val_fraction)
     print(res.summary())
     return 0
 
@@ -86,14 +89,14 @@ def _convert_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("-e", "--experiment_spec", "--spec", dest="spec", required=True, metavar="CONVERT.yaml",
                    help="convert spec: data_root, image_dir_pattern, depth_dir_pattern, image_extension, "
                         "depth_extension, split_ratio, results_dir")
-    p.add_argument("--skill", default="depth_net_mono", help="model family (default: depth_net_mono)")
+    p.add_argument("--skill", default=DEFAULT_SKILL, help=f"model family (default: {DEFAULT_SKILL})")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. split_ratio=0.8")
 
 
 def _convert_run(args: argparse.Namespace) -> int:
-    from trainer.data.convert import convert, load_convert_spec
+    from automl.skills import get_skill
 
-    convert(load_convert_spec(args.spec, args.overrides))  # prints what it wrote
+    get_skill(args.skill).convert(args.spec, args.overrides)  # prints what it wrote
     return 0
 
 
@@ -104,9 +107,9 @@ def _validate_configure(p: argparse.ArgumentParser) -> None:
 
 
 def _validate_run(args: argparse.Namespace) -> int:
-    from trainer.config.validate import validate
+    from automl.skills import get_skill
 
-    report = validate(args.spec, args.overrides, args.action)
+    report = get_skill(args.skill).validate(args.spec, args.overrides, args.action)
     for note in report.notices:
         print(f"notice: {note}", file=sys.stderr)
     print(report.text(args.spec), file=sys.stdout if report.ok else sys.stderr)
@@ -177,7 +180,7 @@ def _path_flag_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _check_search_flags(opts) -> None:
-    from trainer.errors import UserError
+    from automl.skills.shared import UserError
 
     if opts.num_trials < 1:
         raise UserError(f"--num-trials: expected at least 1, found {opts.num_trials}")
@@ -248,7 +251,7 @@ def _report_configure(p: argparse.ArgumentParser) -> None:
 
 def _report_run(args: argparse.Namespace) -> int:
     from automl.report import write_report
-    from trainer.errors import UserError
+    from automl.skills.shared import UserError
 
     if args.num_images < 0:
         raise UserError(f"--num-images: expected 0 or more, found {args.num_images}")
@@ -368,7 +371,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from trainer.errors import NonFiniteLossError, UserError
+    from automl.skills.shared import NonFiniteLossError, UserError
 
     parser = build_parser()
     args = parse_args(parser, argv)
@@ -386,7 +389,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as exc:
         import torch
 
-        from trainer.records import os_error_message
+        from automl.skills.shared import os_error_message
 
         message = os_error_message(exc)  # disk full, read-only, no permission, folder vs file: one line, no trace
         if message is not None:
@@ -394,7 +397,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return EXIT_USER_ERROR
         if not isinstance(exc, torch.OutOfMemoryError):
             raise
-        from trainer.errors import out_of_memory_message
+        from automl.skills.shared import out_of_memory_message
 
         print(f"error: out of memory: {out_of_memory_message(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR

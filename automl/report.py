@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from automl.report_plots import STATE_COLOURS, STATE_TEXT
 from automl.search.states import ENDED
-from trainer.errors import UserError
+from automl.skills.shared import UserError, first_line
 
 REPORT_DIR = "report"
 REPORT_FILE = "report.html"
@@ -144,13 +144,8 @@ def winner_predictions_figure(results: Path, summary: Mapping[str, Any], num_ima
     prediction share one colour scale per row (metres; relative models are aligned by scale and shift first)."""
     import numpy as np
     from matplotlib.figure import Figure as MplFigure
-    from omegaconf import OmegaConf
 
-    from trainer.config import build_spec
-    from trainer.data import build_dataset, read_image
-    from trainer.metrics import align_relative, depth_metrics
-    from trainer.module import as_depth
-    from trainer.runtime import build_predictor, resize_prediction
+    from automl.skills import DEFAULT_SKILL, get_skill
 
     winner = summary.get("winner") or {}
     if not winner:
@@ -165,32 +160,9 @@ def winner_predictions_figure(results: Path, summary: Mapping[str, Any], num_ima
         spec_path = Path(winner.get("trial_dir", "")) / "spec.yaml"
     if not spec_path.is_file():
         raise FileNotFoundError(f"the winner's spec is missing: {results / 'best' / 'spec.yaml'}")
-    raw = OmegaConf.to_container(OmegaConf.load(spec_path), resolve=True)
-    spec = build_spec(raw, check_files=False, notice=lambda _m: None)
-    section = OmegaConf.create({"checkpoint": str(ckpt)})
-    predictor, used = build_predictor(spec, section)
-    relative = used.model.model_type == "RelativeDepthAnything"
-    dataset = build_dataset(used, "val_dataset", train=False)
-    if len(dataset) == 0:
-        raise ValueError("the validation split is empty")
-    n = max(1, min(int(num_images), len(dataset)))
-    picks = sorted({int(round(i)) for i in np.linspace(0, len(dataset) - 1, n)})
-
-    rows = []
-    for idx in picks:
-        item = dataset[idx]
-        valid = item["valid"].bool()
-        gt = as_depth(item["depth"], valid, relative).float()
-        pred = resize_prediction(predictor(item["image"][None])[0], tuple(gt.shape[-2:])).float()
-        if relative:
-            pred = align_relative(pred.double(), gt.double(), valid, max_depth=used.dataset.max_depth).float()
-        scores = depth_metrics(pred, gt, valid) or {}
-        rgb = read_image(item["path"])
-        if rgb.shape[:2] != tuple(gt.shape):
-            from PIL import Image
-
-            rgb = np.asarray(Image.fromarray(rgb).resize((gt.shape[1], gt.shape[0]), Image.BILINEAR))
-        rows.append((Path(item["path"]).name, rgb, gt.numpy(), pred.numpy(), valid.numpy(), scores))
+    samples = get_skill(summary.get("skill") or DEFAULT_SKILL).predict_samples(spec_path, ckpt, num_images)
+    relative = samples.relative
+    rows = [(s.name, s.rgb, s.gt, s.pred, s.valid, s.scores) for s in samples.items]
 
     errors = np.concatenate([np.abs(p - g)[v] for _, _, g, p, v, _ in rows if v.any()] or [np.zeros(1)])
     err_max = float(np.percentile(errors, 98)) or 1e-6
@@ -417,7 +389,7 @@ def render_html(results: Path, summary: Mapping[str, Any], figures: Sequence[Fig
 
 
 def _reason(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return first_line(exc)
 
 
 def _interactive(summary: Mapping[str, Any], results: Path) -> list[tuple[str, str, str, Callable[[], Any]]]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from trainer.errors import UserError
+from automl.skills.shared import UserError
 
 DEFAULT_PORT = 5000
 STARTUP_TIMEOUT_S = 120.0
@@ -96,7 +96,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 def resolve_store(results_dir: str | Path) -> Store:
     """From summary.json (finished search), search_state.json (running or crashed search), fit.json (`automl off`)
     or a bare RESULTS_DIR/mlflow.db."""
-    from trainer.tracking import default_tracking_uri
+    from automl.skills.shared import default_tracking_uri
 
     results = Path(results_dir)
     if not results.is_dir():

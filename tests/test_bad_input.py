@@ -59,13 +59,13 @@ def spec_file(data, tmp_path):
 def must_not_train(monkeypatch) -> None:
     import pytorch_lightning as pl
 
-    from automl.search import driver
+    from automl.search import cluster
 
     def refuse(*_a: Any, **_k: Any) -> None:
         raise AssertionError("training (or Ray) started before the input was refused")
 
     monkeypatch.setattr(pl.Trainer, "fit", refuse)
-    monkeypatch.setattr(driver, "_init_ray", refuse)
+    monkeypatch.setattr(cluster, "init_ray", refuse)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def break_three_columns(data: Path) -> tuple[list[str], str]:
     lines = ann.read_text().splitlines()
     lines[4] = lines[4].replace(".jpg", ".jpg extra")
     ann.write_text("\n".join(lines) + "\n")
-    return [f"train.txt:5", "3 columns"], ""
+    return ["train.txt:5", "3 columns"], ""
 
 
 def break_truncated_png_depth(data: Path) -> tuple[list[str], str]:

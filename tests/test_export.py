@@ -444,23 +444,23 @@ class _FakeSkill:
 
 
 def test_winner_export_modes(tmp_path, monkeypatch):
-    from automl.search import driver
+    from automl.search import winner
 
     skill = _FakeSkill()
-    none = driver.export_winner(skill, {}, tmp_path / "m.ckpt", tmp_path, "none")
+    none = winner.export_winner(skill, {}, tmp_path / "m.ckpt", tmp_path, "none")
     assert skill.calls == [] and none["status"].startswith("skipped")
 
-    auto = driver.export_winner(skill, {}, tmp_path / "m.ckpt", tmp_path, "auto")
+    auto = winner.export_winner(skill, {}, tmp_path / "m.ckpt", tmp_path, "auto")
     assert skill.calls == ["export"] and auto["status"] == "exported"
     assert auto["onnx_file"] == str(tmp_path / "model.onnx") and auto["engine_skipped"] == "no tensorrt for the test"
     assert "engine" not in auto
 
     skill = _FakeSkill(engine=(True, "TensorRT 10"))
-    both = driver.export_winner(skill, {}, tmp_path / "m.ckpt", tmp_path, "auto")
+    both = winner.export_winner(skill, {}, tmp_path / "m.ckpt", tmp_path, "auto")
     assert skill.calls == ["export", "engine"] and both["engine"] == "e.engine"
 
     skill = _FakeSkill(fail_engine=True)
-    failed = driver.export_winner(skill, {}, tmp_path / "m.ckpt", tmp_path, "engine")
+    failed = winner.export_winner(skill, {}, tmp_path / "m.ckpt", tmp_path, "engine")
     assert failed["status"] == "failed" and "no TensorRT here" in failed["error"] and failed["onnx_file"]
 
 

@@ -234,11 +234,11 @@ def test_a_trial_without_faults_is_unaffected(faulty_search):
 
 def test_unreachable_tracking_server_fails_before_any_trial(tiny_spec_tree_file, monkeypatch, capsys):
     from automl.cli import EXIT_USER_ERROR, main
-    from automl.search import driver
+    from automl.search import cluster
 
     for key in MLFLOW_HTTP_KEYS:  # restored after the test: the driver sets them for its own process
         monkeypatch.setenv(key, os.environ.get(key, ""))
-    monkeypatch.setattr(driver, "_init_ray", _must_not_run("Ray was started"))
+    monkeypatch.setattr(cluster, "init_ray", _must_not_run("Ray was started"))
     spec, results = tiny_spec_tree_file
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     started = time.time()
@@ -334,9 +334,9 @@ def _must_not_run(what: str):
 def test_unwritable_results_dir_stops_a_search_before_ray_starts(tiny_spec_tree_file, tmp_path, monkeypatch,
                                                                  capsys):
     from automl.cli import EXIT_USER_ERROR, main
-    from automl.search import driver
+    from automl.search import cluster
 
-    monkeypatch.setattr(driver, "_init_ray", _must_not_run("Ray was started"))
+    monkeypatch.setattr(cluster, "init_ray", _must_not_run("Ray was started"))
     spec, _ = tiny_spec_tree_file
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")  # (the tests run as root: a file in the way blocks where chmod cannot)
@@ -358,7 +358,7 @@ def test_full_disk_is_refused_before_training(tiny_spec_tree_file, monkeypatch, 
     import shutil
 
     from automl.cli import EXIT_USER_ERROR, main
-    from automl.search import driver
+    from automl.search import cluster
 
     real = shutil.disk_usage
 
@@ -366,8 +366,8 @@ def test_full_disk_is_refused_before_training(tiny_spec_tree_file, monkeypatch, 
         usage = real(path)
         return type(usage)(usage.total, usage.total - 10 * 2**20, 10 * 2**20)  # 10 MiB free
 
-    monkeypatch.setattr("trainer.fit.shutil.disk_usage", nearly_full)
-    monkeypatch.setattr(driver, "_init_ray", _must_not_run("Ray was started"))
+    monkeypatch.setattr("trainer.records.shutil.disk_usage", nearly_full)
+    monkeypatch.setattr(cluster, "init_ray", _must_not_run("Ray was started"))
     spec, results = tiny_spec_tree_file
     rc = main([action, "-e", str(spec)])
     err = capsys.readouterr().err
@@ -458,9 +458,9 @@ RAY_SOCKETS = """
 import json, os, sys, time
 import psutil, ray
 from pathlib import Path
-from automl.search.driver import _init_ray
+from automl.search.cluster import init_ray
 
-_init_ray(None, Path(sys.argv[1]))
+init_ray(None)
 
 @ray.remote
 def pid():
@@ -513,13 +513,13 @@ def test_local_ray_listens_on_loopback_only(tmp_path):
 def test_joining_a_cluster_keeps_rays_own_addresses_and_no_dashboard(monkeypatch, tmp_path):
     import ray
 
-    from automl.search import driver
+    from automl.search import cluster
 
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
     monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
-    driver._init_ray("auto", tmp_path)
+    cluster.init_ray("auto")
     (joined,) = calls
     assert joined["address"] == "auto" and joined["include_dashboard"] is False
     assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ  # a cluster keeps its nodes reachable
@@ -712,7 +712,7 @@ def test_disk_full_during_a_search_stops_it_with_every_record_closed_and_resume_
 def test_records_on_a_full_disk_are_whole_or_absent(small_disk):
     """On a really full disk: a status line that does not fit leaves the file as it was (no half line); a record
     rewritten atomically keeps its previous content; the disk reserve gives back room for the last line."""
-    from trainer.callbacks import StatusFile
+    from trainer.records import StatusFile
     from trainer.records import DiskReserve, read_json_lines, write_json_atomic
 
     status = StatusFile(small_disk / "status.json", reserve=None)
@@ -900,16 +900,16 @@ def test_disk_full_while_writing_the_summary_closes_the_records_and_resume_write
     from mlflow.tracking import MlflowClient
 
     from automl.cli import main
-    from automl.search import driver
+    from automl.search import winner
 
-    real = driver.write_json_atomic
+    real = winner.write_json_atomic
 
     def full_at_summary(path: Any, obj: Any, *args: Any, **kwargs: Any) -> None:
         if Path(path).name == "summary.json":
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, obj, *args, **kwargs)
 
-    monkeypatch.setattr(driver, "write_json_atomic", full_at_summary)
+    monkeypatch.setattr(winner, "write_json_atomic", full_at_summary)
     results = tmp_path / "results"
     spec = write_yaml(tmp_path / "search.yaml", search_tree(synth_data, results, epochs=2, num_trials=2,
                                                             max_concurrent=2))
@@ -927,7 +927,7 @@ def test_disk_full_while_writing_the_summary_closes_the_records_and_resume_write
     fits = {p: p.stat().st_mtime for p in results.glob("trials/*/fit.json")}
     assert len(fits) == 2
 
-    monkeypatch.setattr(driver, "write_json_atomic", real)  # room again
+    monkeypatch.setattr(winner, "write_json_atomic", real)  # room again
     rc = main(["run", "-e", str(spec), "--resume"])
     assert rc == 0, capsys.readouterr().err[-3000:]
     assert json.loads((results / "summary.json").read_text())["states"]["completed"] == 2

@@ -146,7 +146,7 @@ def test_search_on_a_two_node_ray_cluster(synth_data, tmp_path, ray_shutdown):
             run_search(skill, spec, opts)
         assert "2 nodes" in str(exc.value) and "mlflow server" in str(exc.value)
         # a data file only one node has is refused before any trial: here it is on no node at all
-        from automl.search.driver import check_multinode_storage
+        from automl.search.cluster import check_multinode_storage
 
         storage = tmp_path / "shared"
         storage.mkdir()

@@ -135,7 +135,7 @@ def test_trials_failing_with_one_lasting_error_are_not_retried_and_stop_the_sear
 
 
 def test_the_failure_message_names_the_shared_error_and_hints_at_the_lr_only_when_trials_diverged(tmp_path):
-    from automl.search.driver import TrialRecord, failure_message
+    from automl.search.winner import TrialRecord, failure_message
 
     def rec(state, reason):
         return TrialRecord(trial_id=state, params={}, state=state, best=None, best_epoch=None, epochs=0,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
-import json
 import math
 import sys
 import time
@@ -17,46 +16,10 @@ import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 
 from trainer.errors import NonFiniteLossError, first_line
-from trainer.records import DiskReserve, append_line, read_json_lines, storage_error, storage_message, write_atomic
+from trainer.records import DiskReserve, StatusFile, storage_error, storage_message, write_atomic
 from trainer.tracking import MlflowRun
 
 Reporter = Callable[[int, Mapping[str, float], Optional[str]], None]
-
-
-class StatusFile:
-    """TAO-style `status.json`: one JSON object per line (STARTED, RUNNING with a `kpi` block, SUCCESS/FAILURE).
-
-    Each line is appended whole or not at all (`trainer.records.append_line`); `read()` skips a line that does not
-    parse. When `reserve` is set (a `DiskReserve` in the same folder) and the disk is full, the reserve is given back
-    and the line written again, so the last record (FAILURE with the reason) still fits."""
-
-    def __init__(self, path: str | Path, reserve: Optional[DiskReserve] = None):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.reserve = reserve
-
-    def write(self, status: str, message: str, **fields: Any) -> None:
-        now = _dt.datetime.now()
-        line = {"date": now.strftime("%m/%d/%Y"), "time": now.strftime("%H:%M:%S"), "status": status,
-                "verbosity": "INFO" if status != "FAILURE" else "ERROR", "message": message, **fields}
-        text = json.dumps(line, default=_json_default)
-        try:
-            append_line(self.path, text)
-        except OSError as exc:
-            if storage_error(exc) is None or self.reserve is None or not self.reserve.release():
-                raise
-            append_line(self.path, text)
-
-    def read(self) -> list[dict[str, Any]]:
-        return read_json_lines(self.path)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, torch.Tensor):
-        return o.item() if o.numel() == 1 else o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
 
 
 def _fmt_td(seconds: float) -> str:

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Optional
 import torch
 from omegaconf import DictConfig
 
-from trainer.callbacks import StatusFile
+from trainer.records import StatusFile
 from trainer.metrics import MetricAccumulator
 from trainer.module import as_depth
 from trainer.records import write_json_atomic

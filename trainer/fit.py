@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 import time
-import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,10 +15,10 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from trainer.callbacks import AtomicCheckpointIO, Reporter, RunRecorder, StatusFile, _is_tty
+from trainer.callbacks import AtomicCheckpointIO, Reporter, RunRecorder, _is_tty
 from trainer.config import save_spec, to_plain
 from trainer.errors import CheckpointError, UserError, first_line
-from trainer.records import write_json_atomic
+from trainer.records import StatusFile, check_free_space, check_writable, write_json_atomic
 from trainer.tracking import TRACKING_FAILURES_FILE, MlflowRun, TrackingConfig, curated_params
 
 # Lightning chatter that says nothing actionable to our users
@@ -65,42 +63,24 @@ class FitResult:
 
 
 class _FirstStep(pl.Callback):
-    """Records when the first training step starts (setup cost: data, model, compilation; fit.json first_step_s)."""
+    """Records when the first training step starts (setup cost: data, model, compilation; fit.json first_step_s),
+    as `at` and, when given, in `timings["first_step_at"]` (wall clock) for a caller that reports it as it goes."""
 
-    def __init__(self) -> None:
+    def __init__(self, timings: Optional[dict[str, Any]] = None) -> None:
         self.at: Optional[float] = None
+        self.timings = timings
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         if self.at is None:
             self.at = time.time()
+            if self.timings is not None:
+                self.timings["first_step_at"] = self.at
 
 
 def results_dir_of(spec: DictConfig) -> Path:
     """Training writes to `train.results_dir` when set (TAO), else the spec's `results_dir`."""
     return Path(spec.train.results_dir or spec.results_dir)
-
-
-def check_writable(directory: Path, min_free_mb: int = 0) -> None:
-    """Fail before any training when results cannot be written (a file in the way, permissions, read-only mount,
-    full disk). How much room a run needs is `check_free_space`'s job."""
-    if directory.exists() and not directory.is_dir():
-        raise UserError(f"results directory {directory} is a file, expected a folder (or a path that does not exist "
-                        f"yet); choose another with results_dir=PATH")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".write-test-{uuid.uuid4().hex[:8]}"
-        probe.write_bytes(b"x" * 1024)
-        probe.unlink()
-    except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in directory.parents if p.exists() and not p.is_dir()), directory)
-        raise UserError(f"results directory {directory} cannot be created: {blocker} is a file, not a folder; "
-                        f"choose another with results_dir=PATH") from None
-    except OSError as exc:
-        raise UserError(f"results directory {directory} is not writable ({exc.strerror or exc}); "
-                        f"choose another with results_dir=PATH") from None
-    if min_free_mb:
-        check_free_space(directory, min_free_mb * 2**20, "a minimum")
 
 
 # what a run keeps on disk: last.ckpt, best.ckpt and the temporary file of the checkpoint being written
@@ -129,12 +109,13 @@ def run_bytes(spec: DictConfig, runs: int = 1) -> tuple[int, str]:
                   f"written) + {RUN_MARGIN_BYTES // 2**20} MiB for records")
 
 
-def check_free_space(directory: Path, needed: int, how: str) -> None:
-    """UserError when the disk of `directory` has less than `needed` bytes free; `how` says how it was counted."""
-    free = shutil.disk_usage(directory).free
-    if free < needed:
-        raise UserError(f"results directory {directory}: only {free / 2**20:.0f} MiB free on its disk, about "
-                        f"{needed / 2**20:.0f} MiB are needed ({how}); free space or choose another results_dir")
+def _started_ranks(ranks: int) -> tuple[str, int, Any, list[Any]]:
+    """Accelerator, devices, strategy and plugins for DDP over `ranks` processes started outside Lightning, one
+    device each, found through torch.distributed's environment variables."""
+    from pytorch_lightning.plugins.environments import LightningEnvironment
+    from pytorch_lightning.strategies import DDPStrategy
+
+    return "auto", ranks, DDPStrategy(find_unused_parameters=False), [LightningEnvironment()]
 
 
 def _accelerator(spec: DictConfig) -> tuple[str, Any, str]:
@@ -219,15 +200,17 @@ def monitor_of(spec: DictConfig, has_val: bool) -> tuple[str, str]:
 
 def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Optional[TrackingConfig] = None,
         progress: Optional[bool] = None, quiet: bool = False,
-        callbacks: Sequence[pl.Callback] = (), strategy: Any = None, plugins: Sequence[Any] = (),
-        devices: Any = "auto") -> FitResult:
+        callbacks: Sequence[pl.Callback] = (), ranks: int = 0,
+        timings: Optional[dict[str, Any]] = None) -> FitResult:
     """Finetune per `spec`; write checkpoints, status.json, spec.yaml, fit.json and an MLflow run to the results.
 
     `reporter(epoch, metrics, checkpoint_path)` is called after each validated epoch (the search reports to Ray
     Tune through it; under data parallelism it is called on every rank, rank 0's metrics being the synced ones).
-    `quiet` drops the per-epoch console lines; `callbacks` are extra Lightning callbacks. `strategy`, `plugins`
-    and `devices` replace the spec's device choice with a distributed strategy whose processes someone else started
-    (a search trial over several GPUs starts its ranks itself and passes DDP and Lightning's environment here).
+    `quiet` drops the per-epoch console lines; `callbacks` are extra Lightning callbacks. `ranks` > 1: this process
+    is one of `ranks` processes someone else started with torch.distributed's variables set (RANK, WORLD_SIZE,
+    MASTER_ADDR, MASTER_PORT; a search trial over several GPUs starts its ranks itself), and the run is DDP over
+    them, one device each, instead of the spec's device choice. `timings` (optional) gets `first_step_at`, the wall
+    clock of the first training step, as soon as it starts.
     Raises `NonFiniteLossError` when the loss or gradient norm becomes NaN/inf (recorded in status.json and MLflow
     first); never returns a result for a diverged run.
     """
@@ -265,15 +248,12 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
     best_cb = pl.callbacks.ModelCheckpoint(
         dirpath=str(ckpt_dir), filename="best", monitor=monitor, mode=mode, save_top_k=1,
         auto_insert_metric_name=False, enable_version_counter=False, save_on_train_epoch_end=not has_val)
-    first_step = _FirstStep()
+    first_step = _FirstStep(timings)
     all_callbacks: list[pl.Callback] = [recorder, best_cb, first_step, *callbacks]
     if show_bar:
         all_callbacks.append(pl.callbacks.TQDMProgressBar(refresh_rate=1))
 
-    if strategy is None:
-        accelerator, devices, strategy = _accelerator(spec)
-    else:  # processes started outside Lightning (their count in `devices`): one device each
-        accelerator = "auto"
+    accelerator, devices, strategy, plugins = _started_ranks(ranks) if ranks > 1 else (*_accelerator(spec), [])
     limit = int(t.max_steps_per_epoch) * int(t.accumulate_grad_batches) if t.max_steps_per_epoch else None
     trainer = pl.Trainer(
         accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=int(t.num_nodes),

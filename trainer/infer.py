@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from trainer.callbacks import StatusFile
+from trainer.records import StatusFile
 from trainer.records import write_json_atomic
 from trainer.runtime import build_predictor, output_dir, resize_prediction
 from trainer.constants import METRIC

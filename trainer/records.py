@@ -16,13 +16,18 @@ Every file the project writes for a user or for `--resume` to read goes through 
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import errno
 import json
 import logging
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterator, Optional
+
+from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -192,3 +197,69 @@ def _fsync_dir(directory: Path) -> None:
         finally:
             os.close(fd)
 
+
+class StatusFile:
+    """TAO-style `status.json`: one JSON object per line (STARTED, RUNNING with a `kpi` block, SUCCESS/FAILURE).
+
+    Each line is appended whole or not at all (`append_line`); `read()` skips a line that does not
+    parse. When `reserve` is set (a `DiskReserve` in the same folder) and the disk is full, the reserve is given back
+    and the line written again, so the last record (FAILURE with the reason) still fits."""
+
+    def __init__(self, path: str | Path, reserve: Optional[DiskReserve] = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.reserve = reserve
+
+    def write(self, status: str, message: str, **fields: Any) -> None:
+        now = _dt.datetime.now()
+        line = {"date": now.strftime("%m/%d/%Y"), "time": now.strftime("%H:%M:%S"), "status": status,
+                "verbosity": "INFO" if status != "FAILURE" else "ERROR", "message": message, **fields}
+        text = json.dumps(line, default=_json_default)
+        try:
+            append_line(self.path, text)
+        except OSError as exc:
+            if storage_error(exc) is None or self.reserve is None or not self.reserve.release():
+                raise
+            append_line(self.path, text)
+
+    def read(self) -> list[dict[str, Any]]:
+        return read_json_lines(self.path)
+
+
+def _json_default(o: Any) -> Any:
+    """JSON for values a record may carry besides plain ones: tensors and arrays (by value), paths (as text)."""
+    if hasattr(o, "numel") and hasattr(o, "tolist"):  # a torch tensor, without importing torch here
+        return o.item() if o.numel() == 1 else o.tolist()
+    if hasattr(o, "tolist"):  # a numpy array or scalar
+        return o.tolist()
+    return str(o)
+
+
+def check_writable(directory: Path, min_free_mb: int = 0) -> None:
+    """Fail before any training when results cannot be written (a file in the way, permissions, read-only mount,
+    full disk). How much room a run needs is `check_free_space`'s job."""
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"results directory {directory} is a file, expected a folder (or a path that does not exist "
+                        f"yet); choose another with results_dir=PATH")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"x" * 1024)
+        probe.unlink()
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in directory.parents if p.exists() and not p.is_dir()), directory)
+        raise UserError(f"results directory {directory} cannot be created: {blocker} is a file, not a folder; "
+                        f"choose another with results_dir=PATH") from None
+    except OSError as exc:
+        raise UserError(f"results directory {directory} is not writable ({exc.strerror or exc}); "
+                        f"choose another with results_dir=PATH") from None
+    if min_free_mb:
+        check_free_space(directory, min_free_mb * 2**20, "a minimum")
+
+
+def check_free_space(directory: Path, needed: int, how: str) -> None:
+    """UserError when the disk of `directory` has less than `needed` bytes free; `how` says how it was counted."""
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise UserError(f"results directory {directory}: only {free / 2**20:.0f} MiB free on its disk, about "
+                        f"{needed / 2**20:.0f} MiB are needed ({how}); free space or choose another results_dir")

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
-from trainer.errors import SpecError, SpecProblem, UserError
+from automl.skills.shared import SpecError, SpecProblem, UserError
 
 OBJECTIVES = ("val/loss", "val/d1", "val/d2", "val/d3", "val/abs_rel", "val/sq_rel", "val/rmse", "val/rmse_log",
               "val/log10", "val/silog", "train_loss")

@@ -15,8 +15,7 @@ import signal
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from trainer.errors import UserError
-from trainer.records import DiskReserve, storage_error, storage_message
+from automl.skills.shared import DiskReserve, UserError, storage_error, storage_message
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +165,7 @@ def _fail_running_mlflow_runs(results: Path, reason: str, message: str) -> int:
 
 
 def _status_failure(results: Path, message: str, reason: str, closed: dict[str, Any]) -> None:
-    from trainer.callbacks import StatusFile
+    from automl.skills.shared import StatusFile
 
     try:
         StatusFile(results / "status.json").write("FAILURE", message, reason=reason, resumable=True, **closed)

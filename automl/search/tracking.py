@@ -11,8 +11,7 @@ import sys
 from typing import Any, Mapping, Optional, Sequence
 
 from automl.search.states import TrialState
-from trainer.errors import first_line
-from trainer.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, MlflowRun, TrackingConfig
+from automl.skills.shared import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, MlflowRun, TrackingConfig, first_line
 
 TRIAL_TAG = "automl.trial_id"
 STATE_TAG = "automl.trial_state"
@@ -77,8 +76,7 @@ def check_tracking_reachable(uri: str) -> None:
     """Fail before any trial starts when the tracking store cannot be reached (the URI is in the message)."""
     from mlflow.tracking import MlflowClient
 
-    from trainer.errors import UserError
-    from trainer.tracking import quiet_mlflow_logs
+    from automl.skills.shared import UserError, quiet_mlflow_logs
 
     quiet_mlflow_logs()
     try:

@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 from automl.search.guards import DISK_FULL_PREFIX, FAIL_KEY, PRUNE_KEY
 from automl.search.tracking import TRIAL_TAG, find_child_run, searched_tag, trial_params
-from trainer.errors import UserError, first_line
+from automl.skills.shared import UserError, first_line
 from automl.search.states import TrialState
 
 # Test hooks (never set by the CLI or by a spec): see automl/testing.py; the driver reads them once
@@ -123,7 +123,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from ray import tune
 
     from automl.skills import get_skill
-    from trainer.tracking import TrackingConfig
+    from automl.skills.shared import TrackingConfig
 
     import logging
 
@@ -249,7 +249,7 @@ def _replay_finished(reports_file: Path, restored_dir: Optional[Path]) -> bool:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    from trainer.records import write_json_atomic
+    from automl.skills.shared import write_json_atomic
 
     write_json_atomic(path, data, indent=1)
 
@@ -260,26 +260,24 @@ def _fit_and_report(skill: Any, spec: Any, ctx: TrialContext, trial_id: str, out
     Returns how it ended: "finished", "pruned" (non-finite loss) or "error" (out of memory)."""
     import torch
 
-    from trainer.errors import NonFiniteLossError
+    from automl.skills.shared import NonFiniteLossError
+
+    timings: dict[str, Any] = {}
 
     def report(epoch: int, metrics: dict[str, float], checkpoint_path: Optional[str]) -> None:
         payload: dict[str, Any] = {k: float(v) for k, v in metrics.items()}
         payload["epoch"] = int(epoch)
-        payload["first_step_at"] = first_step.at  # wall clock of the first training step (the trial's start-up)
+        payload["first_step_at"] = timings.get("first_step_at")  # wall clock of the first training step (start-up)
         send(payload, checkpoint_path)
 
-    first_step = _first_step_clock()
-    callbacks = [first_step]
-    if ctx.faults:
-        from automl.testing import fault_callbacks
-
-        callbacks += fault_callbacks(ctx.faults, _trial_index(trial_id, ctx.trials_dir), out)
+    callbacks = skill.fault_callbacks(ctx.faults, _trial_index(trial_id, ctx.trials_dir), out) if ctx.faults else []
     try:
-        skill.fit(spec, report, tracking=tracking, progress=False, quiet=True, callbacks=callbacks, **fit_kwargs)
+        skill.fit(spec, report, tracking=tracking, progress=False, quiet=True, callbacks=callbacks, timings=timings,
+                  **fit_kwargs)
         return "finished"
     except torch.OutOfMemoryError as exc:
         # deterministic for a given batch/crop/encoder: recorded as an error at once, no retry to burn budget on
-        from trainer.errors import out_of_memory_message
+        from automl.skills.shared import out_of_memory_message
 
         send({ctx.metric: None, FAIL_KEY: f"out_of_memory: {out_of_memory_message(exc)}", "trial_state": TrialState.ERROR})
         return "error"
@@ -295,20 +293,6 @@ def _fit_and_report(skill: Any, spec: Any, ctx: TrialContext, trial_id: str, out
         return "error"
 
 
-def _first_step_clock() -> Any:
-    """A Lightning callback whose `at` is the wall clock when the first training step started (None before)."""
-    import pytorch_lightning as pl
-
-    class FirstStep(pl.Callback):
-        at: Optional[float] = None
-
-        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-            if self.at is None:
-                self.at = time.time()
-
-    return FirstStep()
-
-
 # errno values of OSErrors, besides a full or failing disk, that a retry on the same machine cannot fix
 _LASTING_OS_ERRORS = {errno.EACCES: "permission_denied", errno.ENOENT: "file_not_found"}
 
@@ -318,7 +302,7 @@ def deterministic_failure(exc: BaseException) -> Optional[str]:
     failing or read-only disk, whose kind is DISK_FULL_PREFIX and on which the driver stops the search; a
     permission), None for one that might not. A trial ending with such an error is recorded as an error at once and
     never retried; the driver stops the search when every trial fails with the same one."""
-    from trainer.records import storage_error
+    from automl.skills.shared import storage_error
 
     if isinstance(exc, UserError):
         kind = {"SpecError": "invalid_spec", "DataError": "bad_data", "DataConfigError": "bad_data",
@@ -381,7 +365,7 @@ def _run_distributed(ctx: TrialContext, trial_id: str, spec: Any, tracking: Any,
     rank0_ctx = replace(ctx, faults=tuple(f for f in ctx.faults if f.kind != "kill_worker"))
     try:
         ended = _fit_and_report(get_skill(ctx.skill_name), spec, rank0_ctx, trial_id, out, tracking, send,
-                                devices=n, strategy=_ddp_strategy(), plugins=[_lightning_environment()])
+                                ranks=n)
         if ended != "error":  # every rank stopped at the same step (an OOM may hit this rank alone)
             _leave_process_group()  # with the watchdog still on: a rank that died meanwhile ends this one
     finally:
@@ -435,25 +419,22 @@ def _child_rank(config_path: str) -> int:
     from omegaconf import OmegaConf
 
     from automl.skills import get_skill
+    from automl.skills.shared import NonFiniteLossError, TrackingConfig
     from automl.testing import FaultHook
-    from trainer.errors import NonFiniteLossError
-    from trainer.tracking import TrackingConfig
 
     cfg = json.loads(Path(config_path).read_text())
     ctx = TrialContext(**{**cfg["ctx"], "faults": tuple(FaultHook(**f) for f in cfg["faults"])})
     spec = OmegaConf.create(cfg["spec"])
     n = int(os.environ["WORLD_SIZE"])
+    skill = get_skill(ctx.skill_name)
     callbacks = []
     faults = ctx.faults if int(os.environ["RANK"]) == n - 1 else tuple(f for f in ctx.faults if f.kind != "kill_worker")
     if faults:
-        from automl.testing import fault_callbacks
-
         out = Path(ctx.trials_dir) / cfg["trial_id"]
-        callbacks = fault_callbacks(faults, _trial_index(cfg["trial_id"], ctx.trials_dir), out)
+        callbacks = skill.fault_callbacks(faults, _trial_index(cfg["trial_id"], ctx.trials_dir), out)
     try:
-        get_skill(ctx.skill_name).fit(spec, None, tracking=TrackingConfig(enabled=False), progress=False, quiet=True,
-                                      callbacks=callbacks, devices=n,
-                                      strategy=_ddp_strategy(), plugins=[_lightning_environment()])
+        skill.fit(spec, None, tracking=TrackingConfig(enabled=False), progress=False, quiet=True,
+                  callbacks=callbacks, ranks=n)
     except NonFiniteLossError:
         pass  # rank 0 stopped at the same step and reports the prune
     _leave_process_group()
@@ -469,18 +450,6 @@ def _leave_process_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def _ddp_strategy() -> Any:
-    from pytorch_lightning.strategies import DDPStrategy
-
-    return DDPStrategy(find_unused_parameters=False)
-
-
-def _lightning_environment() -> Any:
-    from pytorch_lightning.plugins.environments import LightningEnvironment
-
-    return LightningEnvironment()
 
 
 if __name__ == "__main__":  # a child rank of a DDP trial (see _run_distributed)

@@ -9,6 +9,8 @@ from typing import Callable, Dict
 
 from automl.skills.base import Skill
 
+DEFAULT_SKILL = "depth_net_mono"  # the CLI's --skill default; summary.json names the skill of a search
+
 _REGISTRY: Dict[str, Callable[[], Skill]] = {}
 
 
@@ -21,7 +23,7 @@ def available() -> list[str]:
 
 
 def get_skill(name: str) -> Skill:
-    from trainer.errors import UserError
+    from automl.skills.shared import UserError
 
     if name not in _REGISTRY:
         import difflib

@@ -1,4 +1,8 @@
-"""What a skill provides to the driver. The search and the CLI only talk to a trainer through this surface."""
+"""The skill contract: everything the search, the CLI, the report and the UI need from one model family.
+
+`automl/` reaches a trainer only through a `Skill` (and the shared errors and records of `automl.skills.shared`);
+tests/test_layering.py keeps it so. A new model family is a subclass registered in `automl/skills/__init__.py`.
+"""
 
 from __future__ import annotations
 
@@ -50,20 +54,48 @@ class Skill(ABC):
         on a cluster each node must see them at the same paths."""
 
     @abstractmethod
-    def fit(self, spec: DictConfig, reporter: Optional[Reporter] = None) -> Any:
-        """One training run (a plain run or a search trial)."""
+    def fit(self, spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Any = None,
+            tracking_uri: Optional[str] = None, progress: Optional[bool] = None, quiet: bool = False,
+            callbacks: Sequence[Any] = (), ranks: int = 0, timings: Optional[dict[str, Any]] = None) -> Any:
+        """One training run (a plain run or a search trial). `reporter(epoch, metrics, checkpoint)` after each
+        validated epoch; `tracking` a `TrackingConfig` (or `tracking_uri`); `callbacks` from `fault_callbacks`;
+        `ranks` > 1: this process is one of `ranks` started with torch.distributed's variables (a DDP trial);
+        `timings` gets `first_step_at` (wall clock) when the first training step starts. Raises
+        `NonFiniteLossError` on a diverged run, a `UserError` on bad input."""
 
     @abstractmethod
-    def evaluate(self, spec: DictConfig) -> Mapping[str, float]:
-        ...
+    def print_fit_summary(self, spec: DictConfig, result: Any) -> None:
+        """What a plain run (`automl off`) prints when training ends: where its results are."""
+
+    @abstractmethod
+    def storage_needed(self, spec: DictConfig, runs: int = 1) -> tuple[int, str]:
+        """Bytes that `runs` training runs of `spec` write at most, and how that was counted (for the message)."""
+
+    @abstractmethod
+    def curated_params(self, spec: DictConfig) -> dict[str, Any]:
+        """The few fixed spec values worth an MLflow param (the whole spec goes in as an artifact)."""
+
+    @abstractmethod
+    def fault_callbacks(self, hooks: Sequence[Any], trial_index: int, trial_dir: str | Path) -> list[Any]:
+        """The test suite's fault hooks (automl.testing.FaultHook) aimed at trial `trial_index`, as objects `fit`
+        takes in `callbacks`."""
+
+    @abstractmethod
+    def predict_samples(self, spec_file: str | Path, checkpoint: str | Path, num_images: int) -> Any:
+        """A trained run's predictions on `num_images` validation images with ground truth and scores (the report's
+        picture): an object with `relative` and `items` (each: name, rgb, gt, pred, valid, scores)."""
+
+    @abstractmethod
+    def evaluate(self, spec: DictConfig) -> Mapping[str, Any]:
+        """Evaluate `spec.evaluate.checkpoint`; a mapping with `metrics` (name -> value) and where it wrote."""
 
     @abstractmethod
     def inference(self, spec: DictConfig) -> Any:
-        ...
+        """Predict the images `spec.inference` names and write the results."""
 
     @abstractmethod
     def export(self, spec: DictConfig) -> Any:
-        ...
+        """Export `spec.export.checkpoint` to ONNX (with its sidecar)."""
 
     @abstractmethod
     def validated_input_size(self, spec: DictConfig) -> dict[str, Any]:
@@ -76,4 +108,18 @@ class Skill(ABC):
 
     @abstractmethod
     def gen_trt_engine(self, spec: DictConfig) -> Any:
-        ...
+        """Build a TensorRT engine from `spec.gen_trt_engine.onnx_file`; the result has engine_file and sidecar."""
+
+    # ---- data tools ---------------------------------------------------------------------------------------
+    @abstractmethod
+    def synthesize(self, out: str, num: int, size: tuple[int, int], seed: int, layout: str,
+                   val_fraction: float) -> Any:
+        """Write a synthetic dataset (images, ground truth, train/val lists) to `out`; the result has summary()."""
+
+    @abstractmethod
+    def convert(self, spec_path: str, overrides: Sequence[str]) -> Any:
+        """`automl convert`: make annotation files from a dataset folder per a convert spec."""
+
+    @abstractmethod
+    def validate(self, spec_path: Optional[str], overrides: Sequence[str], action: str) -> Any:
+        """Check a spec file for `action` without running it: a report with ok, notices and text(path)."""

@@ -113,17 +113,36 @@ class DepthNetMono(Skill):
 
         return input_paths(spec)
 
-    def fit(self, spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking_uri: Optional[str] = None,
-            tracking: Any = None, progress: Optional[bool] = None, quiet: bool = False,
-            callbacks: Sequence[Any] = (), strategy: Any = None, plugins: Sequence[Any] = (),
-            devices: Any = "auto") -> Any:
+    def fit(self, spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Any = None,
+            tracking_uri: Optional[str] = None, progress: Optional[bool] = None, quiet: bool = False,
+            callbacks: Sequence[Any] = (), ranks: int = 0, timings: Optional[dict[str, Any]] = None) -> Any:
         from trainer.fit import fit
         from trainer.tracking import TrackingConfig
 
         if tracking is None:
             tracking = TrackingConfig(uri=tracking_uri, experiment_name=spec.automl.experiment_name)
         return fit(spec, reporter, tracking=tracking, progress=progress, quiet=quiet, callbacks=callbacks,
-                   strategy=strategy, plugins=plugins, devices=devices)
+                   ranks=ranks, timings=timings)
+
+    def storage_needed(self, spec: DictConfig, runs: int = 1) -> tuple[int, str]:
+        from trainer.fit import run_bytes
+
+        return run_bytes(spec, runs=runs)
+
+    def curated_params(self, spec: DictConfig) -> dict[str, Any]:
+        from trainer.tracking import curated_params
+
+        return curated_params(spec)
+
+    def fault_callbacks(self, hooks: Sequence[Any], trial_index: int, trial_dir: str | Path) -> list[Any]:
+        from automl.skills.lightning_faults import fault_callbacks
+
+        return fault_callbacks(hooks, trial_index, trial_dir)
+
+    def predict_samples(self, spec_file: str | Path, checkpoint: str | Path, num_images: int) -> Any:
+        from trainer.samples import predict_samples
+
+        return predict_samples(spec_file, checkpoint, num_images)
 
     def print_fit_summary(self, spec: DictConfig, result: Any) -> None:
         last = result.history[-1] if result.history else {}
@@ -174,3 +193,21 @@ class DepthNetMono(Skill):
         from trainer.deploy.tensorrt import build_engine
 
         return build_engine(spec)
+
+    # ---- data tools ---------------------------------------------------------------------------------------
+    def synthesize(self, out: str, num: int, size: tuple[int, int], seed: int, layout: str,
+                   val_fraction: float) -> Any:
+        from trainer.data.synth import generate_dataset
+
+        return generate_dataset(out, num, size=size, seed=seed, layout=layout, val_fraction=val_fraction,
+                                progress=True)
+
+    def convert(self, spec_path: str, overrides: Sequence[str]) -> Any:
+        from trainer.data.convert import convert, load_convert_spec
+
+        return convert(load_convert_spec(spec_path, overrides))
+
+    def validate(self, spec_path: Optional[str], overrides: Sequence[str], action: str) -> Any:
+        from trainer.config.validate import validate
+
+        return validate(spec_path, overrides, action)

@@ -22,7 +22,7 @@ from trainer.errors import SpecError, SpecProblem
 from trainer.config import schema, tao
 from trainer.config.paths import resolve_paths
 from trainer.config.schema import ExperimentConfig
-from trainer.constants import METRIC
+from trainer.constants import METRIC, MODEL_TYPES
 
 Notice = Callable[[str], None]
 
@@ -341,9 +341,9 @@ def _check_model(spec: DictConfig, P: list[SpecProblem], bad: Bad, origin_of) ->
     m = spec.model
     if m.model_type in schema.TAO_STEREO_MODEL_TYPES:
         bad("model.model_type", f"found {m.model_type!r}: a stereo model; this skill (depth_net_mono) trains "
-                                f"{' or '.join(schema.MODEL_TYPES)}")
+                                f"{' or '.join(MODEL_TYPES)}")
     else:
-        mt = _one_of(m.model_type, schema.MODEL_TYPES, "model.model_type", P, origin_of("model.model_type"), True)
+        mt = _one_of(m.model_type, MODEL_TYPES, "model.model_type", P, origin_of("model.model_type"), True)
         if mt:
             spec.model.model_type = mt
     enc = _one_of(m.encoder, schema.ENCODERS, "model.encoder", P, origin_of("model.encoder"), True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-from trainer.constants import METRIC, MODEL_TYPES
+from trainer.constants import METRIC
 
 # --------------------------------------------------------------------------------------------------------------
 # Value sets (validation lists them in messages)

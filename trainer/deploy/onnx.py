@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from trainer.constants import METRIC, PATCH_SIZE as PATCH
 from trainer.deploy.sidecar import INPUT_NAME, OUTPUT_NAME, Notice, sidecar_path, stderr_notice, write_json
-from trainer.errors import CheckpointError, UserError
+from trainer.errors import CheckpointError, UserError, first_line
 
 __all__ = [
     "INPUT_NAME",
@@ -537,8 +537,7 @@ def _write_graph(plan: _Plan, model: torch.nn.Module, progress: bool) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def _check_graph(plan: _Plan, model: torch.nn.Module) -> _Checks:
@@ -632,7 +631,7 @@ def _sidecar_meta(plan: _Plan, checks: _Checks, export_seconds: float) -> dict[s
 
 def _record_status(plan: _Plan, checks: _Checks, sidecar: Path) -> None:
     """`<export dir>/status.json`; raises `ExportValidationError` when a check failed."""
-    from trainer.callbacks import StatusFile
+    from trainer.records import StatusFile
 
     status = StatusFile(plan.export_dir / "status.json")
     if checks.problems:

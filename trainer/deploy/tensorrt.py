@@ -581,7 +581,7 @@ def build_engine(spec: DictConfig, *, notice: Notice = stderr_notice, progress: 
     """Build a TensorRT engine from `gen_trt_engine.onnx_file` (default: the export's ONNX file); see the module
     docstring. Everything that needs no TensorRT is checked first (files, sidecar, precision, profile), then
     `TensorRTUnavailableError` is raised where TensorRT or a GPU is missing."""
-    from trainer.callbacks import StatusFile
+    from trainer.records import StatusFile
 
     g = spec.gen_trt_engine
     plan = _plan_engine(spec, notice)

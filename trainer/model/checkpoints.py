@@ -30,7 +30,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
-from trainer.errors import CheckpointError
+from trainer.errors import CheckpointError, first_line
 from trainer.model.backbone import ENCODER_CONFIGS
 from trainer.model.depth_anything import (
     DepthAnythingV2,
@@ -116,7 +116,7 @@ def _load_object(p: Path) -> Any:
             return load_file(str(p), device="cpu")
         except Exception as e:  # noqa: BLE001 - any failure here means a bad file
             raise CheckpointError(f"{p}: cannot read safetensors file, truncated or corrupt "
-                                  f"({type(e).__name__}: {_first_line(e)})") from None
+                                  f"({type(e).__name__}: {first_line(e)})") from None
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -132,17 +132,11 @@ def _load_object(p: Path) -> Any:
         detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
         raise CheckpointError(f"{p}: not a readable checkpoint ({p.stat().st_size} bytes): neither a PyTorch zip "
                               f"file nor a pickle of tensors (UnpicklingError: "
-                              f"{detail[1].strip() if detail else _first_line(e)}); truncated, corrupt, or another "
+                              f"{detail[1].strip() if detail else first_line(e)}); truncated, corrupt, or another "
                               f"kind of file") from None
     except Exception as e:  # noqa: BLE001 - RuntimeError (zip), EOFError, ValueError, ... all mean a bad file
         raise CheckpointError(f"{p}: cannot read checkpoint, truncated or corrupt "
-                              f"({type(e).__name__}: {_first_line(e)})") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else "no message"
-
+                              f"({type(e).__name__}: {first_line(e)})") from None
 
 def _strip_wrappers(key: str) -> str:
     """Drop DDP (`module.`) prefixes and torch.compile (`_orig_mod.`) segments."""
