@@ -323,6 +323,12 @@ ACTIONS: list[Action] = [
 ]
 
 
+def _add_verbosity_args(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", help="show warnings and errors only (no progress lines)")
+    group.add_argument("-v", "--verbose", action="store_true", help="also show debug messages")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from automl import __version__
 
@@ -339,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                            epilog="examples:\n" + textwrap.indent(a.examples, "  "),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         a.configure(p)
+        _add_verbosity_args(p)
         p.set_defaults(_run=a.run)
     return parser
 
@@ -378,6 +385,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "action", None):
         parser.print_help()
         return EXIT_USER_ERROR
+    from automl import logs
+
+    logs.configure(logs.QUIET if args.quiet else logs.VERBOSE if args.verbose else logs.NORMAL)
     try:
         return int(args._run(args) or 0)
     except UserError as exc:

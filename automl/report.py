@@ -20,8 +20,8 @@ import base64
 import html
 import io
 import json
+import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from automl.report_plots import STATE_COLOURS, STATE_TEXT
 from automl.search.states import ENDED
 from automl.skills.shared import UserError, first_line
+
+log = logging.getLogger(__name__)
 
 REPORT_DIR = "report"
 REPORT_FILE = "report.html"
@@ -499,8 +501,8 @@ def report_after_search(results_dir: str | Path, summary: Optional[Mapping[str, 
     try:
         report = write_report(results_dir)
     except Exception as exc:  # noqa: BLE001
-        print(f"warning: writing the search report failed ({type(exc).__name__}: {exc}); the search's results are "
-              f"intact; retry with: automl report {results_dir}", file=sys.stderr)
+        log.warning(f"warning: writing the search report failed ({type(exc).__name__}: {exc}); the search's results "
+                    f"are intact; retry with: automl report {results_dir}")
         return None
     ml = (summary or {}).get("mlflow") or {}
     if ml.get("tracking_uri") and ml.get("parent_run_id"):
@@ -513,9 +515,9 @@ def report_after_search(results_dir: str | Path, summary: Optional[Mapping[str, 
                 MlflowClient(tracking_uri=ml["tracking_uri"]).log_artifact(ml["parent_run_id"], str(report.html),
                                                                            artifact_path=REPORT_DIR)
         except Exception as exc:  # noqa: BLE001
-            print(f"warning: could not attach the report to the MLflow parent run: {exc}", file=sys.stderr)
+            log.warning(f"warning: could not attach the report to the MLflow parent run: {exc}")
     for key, note in report.notes.items():
-        print(f"report: {key}: {note}", file=sys.stderr)
+        log.info(f"report: {key}: {note}")
     if not (summary or {}).get("winner"):  # the search ends in an error; say where to look
-        print(f"report: {report.html}", file=sys.stderr)
+        log.info(f"report: {report.html}")
     return report.html

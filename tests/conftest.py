@@ -12,6 +12,14 @@ import pytest
 # one torch thread per test process: on 2 (often busy) cores more threads only oversubscribe
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The library's messages reach the terminal as under the CLI (automl.logs), also in tests that call a
+    function of the library without `automl.cli.main`."""
+    from automl import logs
+
+    logs.configure()
+
 TINY_MODEL = {
     "model_type": "MetricDepthAnything",
     "encoder": "custom",

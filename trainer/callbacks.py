@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import logging
 import math
 import sys
 import time
@@ -18,6 +19,8 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 from trainer.errors import NonFiniteLossError, first_line
 from trainer.records import DiskReserve, StatusFile, storage_error, storage_message, write_atomic
 from trainer.tracking import MlflowRun
+
+log = logging.getLogger(__name__)
 
 Reporter = Callable[[int, Mapping[str, float], Optional[str]], None]
 
@@ -143,8 +146,7 @@ class RunRecorder(pl.Callback):
             self.mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
         if self.console and not _is_tty():
             shown = "  ".join(f"{k}={v:.4g}" for k, v in kpi.items())
-            print(f"epoch {epoch + 1}/{trainer.max_epochs}  {shown}  ({elapsed:.1f}s, eta {_fmt_td(eta)})",
-                  flush=True)
+            log.info(f"epoch {epoch + 1}/{trainer.max_epochs}  {shown}  ({elapsed:.1f}s, eta {_fmt_td(eta)})")
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """Record how the run ended (STOPPED, or FAILURE with the reason) and end the MLflow run; never raises, so
@@ -157,7 +159,7 @@ class RunRecorder(pl.Callback):
         try:
             self._record_end(trainer, exception)
         except OSError as exc:
-            print(f"warning: could not record the end of the run in {self.status.path}: {exc}", file=sys.stderr)
+            log.warning(f"warning: could not record the end of the run in {self.status.path}: {exc}")
         finally:
             if self.status.reserve is not None:
                 self.status.reserve.release()

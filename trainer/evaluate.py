@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import logging
 import time
 from typing import Any, Mapping, Optional
 
@@ -15,6 +16,8 @@ from trainer.module import as_depth
 from trainer.records import write_json_atomic
 from trainer.runtime import Predictor, build_predictor, output_dir, resize_prediction
 from trainer.constants import RELATIVE
+
+log = logging.getLogger(__name__)
 
 METRIC_ORDER = ("d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog")
 
@@ -87,7 +90,7 @@ def evaluate(spec: DictConfig, *, progress: bool = True) -> dict[str, Any]:
     }
     write_json_atomic(out / "metrics.json", result)
     StatusFile(out / "status.json").write("SUCCESS", "Evaluation finished", kpi=metrics, num_images=count)
-    print(f"\nevaluated {count} images with {predictor.description}")
-    print(format_table(metrics))
-    print(f"\nmetrics written to {out / 'metrics.json'}")
+    log.info(f"\nevaluated {count} images with {predictor.description}")
+    log.info(format_table(metrics))
+    log.info(f"\nmetrics written to {out / 'metrics.json'}")
     return result

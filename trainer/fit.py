@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,8 @@ from trainer.config import save_spec, to_plain
 from trainer.errors import CheckpointError, UserError, first_line
 from trainer.records import StatusFile, check_free_space, check_writable, write_json_atomic
 from trainer.tracking import TRACKING_FAILURES_FILE, MlflowRun, TrackingConfig, curated_params
+
+log = logging.getLogger(__name__)
 
 # Lightning chatter that says nothing actionable to our users
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -137,7 +138,7 @@ def _accelerator(spec: DictConfig) -> tuple[str, Any, str]:
             strategy = "auto"
         return "gpu", devices, strategy
     if int(t.num_gpus) > 1:
-        print(f"notice: train.num_gpus={t.num_gpus} but no GPU is visible; training on the CPU", file=sys.stderr)
+        log.warning(f"notice: train.num_gpus={t.num_gpus} but no GPU is visible; training on the CPU")
     return "cpu", 1, "auto"
 
 
@@ -216,14 +217,7 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
     """
     started = time.time()
     quiet_library_logs()
-    out = results_dir_of(spec)
-    check_writable(out)
-    check_free_space(out, *run_bytes(spec))
-    ckpt_dir = out / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    save_spec(spec, out / "spec.yaml")
-    t = spec.train
-
+    out = _results_folder(spec)
     status = StatusFile(out / "status.json")
     try:
         fast, resume = _check_run(spec)
@@ -235,79 +229,99 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
         raise
     has_val = val_loader is not None
     apply_fast_path(module.model, fast)
-
     monitor, mode = monitor_of(spec, has_val)
     tracking = tracking or TrackingConfig()
     mlrun = MlflowRun(tracking, out, failure_log=out / TRACKING_FAILURES_FILE) if tracking.enabled else None
     if mlrun is not None:
         mlrun.spec_file = out / "spec.yaml"  # the whole resolved spec as an artifact; params: curated_params
-    show_bar = _is_tty() if progress is None else progress
-    recorder = RunRecorder(status=status, mlflow_run=mlrun, checkpoint_dir=ckpt_dir,
-                           checkpoint_interval=int(t.checkpoint_interval), has_validation=has_val,
+        mlrun.cfg.tags.setdefault("results_dir", str(out.resolve()))
+    recorder = RunRecorder(status=status, mlflow_run=mlrun, checkpoint_dir=out / "checkpoints",
+                           checkpoint_interval=int(spec.train.checkpoint_interval), has_validation=has_val,
                            reporter=reporter, console=not quiet, params=_params_for_tracking(spec))
     best_cb = pl.callbacks.ModelCheckpoint(
-        dirpath=str(ckpt_dir), filename="best", monitor=monitor, mode=mode, save_top_k=1,
+        dirpath=str(out / "checkpoints"), filename="best", monitor=monitor, mode=mode, save_top_k=1,
         auto_insert_metric_name=False, enable_version_counter=False, save_on_train_epoch_end=not has_val)
     first_step = _FirstStep(timings)
-    all_callbacks: list[pl.Callback] = [recorder, best_cb, first_step, *callbacks]
-    if show_bar:
-        all_callbacks.append(pl.callbacks.TQDMProgressBar(refresh_rate=1))
-
-    accelerator, devices, strategy, plugins = _started_ranks(ranks) if ranks > 1 else (*_accelerator(spec), [])
-    limit = int(t.max_steps_per_epoch) * int(t.accumulate_grad_batches) if t.max_steps_per_epoch else None
-    trainer = pl.Trainer(
-        accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=int(t.num_nodes),
-        precision=_PRECISION[fast.precision], max_epochs=int(t.num_epochs),
-        check_val_every_n_epoch=int(t.validation_interval), accumulate_grad_batches=int(t.accumulate_grad_batches),
-        limit_train_batches=limit, log_every_n_steps=int(t.log_every_n_steps), callbacks=all_callbacks, logger=False,
-        enable_progress_bar=show_bar, enable_model_summary=show_bar, default_root_dir=str(out),
-        num_sanity_val_steps=0, enable_checkpointing=True, plugins=[*plugins, AtomicCheckpointIO()],
-    )
-
-    if mlrun is not None:
-        mlrun.cfg.tags.setdefault("results_dir", str(out.resolve()))
+    show_bar = _is_tty() if progress is None else progress
+    trainer = _lightning_trainer(spec, fast, [recorder, best_cb, first_step, *callbacks], ranks, show_bar, out)
 
     if trainer.is_global_zero:
         status.write("STARTED", "Starting training" + (f" from {resume}" if resume else ""),
-                     max_epoch=int(t.num_epochs))
-    initial: dict[str, float] = {}
-    if t.initial_validation and val_loader is not None and not resume:
-        initial = {k: float(v) for k, v in trainer.validate(module, val_loader, verbose=False)[0].items()}
-        if trainer.is_global_zero:
-            status.write("RUNNING", "Validation before training", epoch=-1, kpi=initial)
-            if not quiet:
-                shown = "  ".join(f"{k}={v:.4g}" for k, v in initial.items())
-                print(f"before training  {shown}", flush=True)
-        module.last_validated_epoch = None
+                     max_epoch=int(spec.train.num_epochs))
+    initial = _validate_first(spec, trainer, module, val_loader, status, quiet) if not resume else {}
     trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=resume or None,
                 weights_only=True)
     if recorder.failure is not None:  # Lightning swallowed an interrupt: never report it as a success
         raise recorder.failure
-
-    best_value = _finite(best_cb.best_model_score)
-    best_epoch = _best_epoch(recorder.history, monitor, mode)
     result = FitResult(
-        results_dir=str(out), monitor=monitor, mode=mode, best_value=best_value, best_epoch=best_epoch,
-        best_checkpoint=best_cb.best_model_path or None, last_checkpoint=recorder.last_checkpoint,
-        epochs_completed=len(recorder.history), history=recorder.history,
+        results_dir=str(out), monitor=monitor, mode=mode, best_value=_finite(best_cb.best_model_score),
+        best_epoch=_best_epoch(recorder.history, monitor, mode), best_checkpoint=best_cb.best_model_path or None,
+        last_checkpoint=recorder.last_checkpoint, epochs_completed=len(recorder.history), history=recorder.history,
         mlflow_run_id=mlrun.run_id if mlrun else None, tracking_uri=mlrun.uri if mlrun else None,
         skipped_samples=_skipped(train_loader, val_loader), wall_time_s=round(time.time() - started, 2),
         initial_metrics=initial, started_at=started,
-        first_step_s=round(first_step.at - started, 3) if first_step.at is not None else None,
-        **_hardware(trainer),
-    )
+        first_step_s=round(first_step.at - started, 3) if first_step.at is not None else None, **_hardware(trainer))
     if trainer.is_global_zero:
-        final = recorder.history[-1] if recorder.history else {}
-        kpi = {k: v for k, v in final.items() if k not in ("epoch", "lr")}
-        status.write("SUCCESS", "Training finished", kpi=kpi, best_checkpoint=result.best_checkpoint,
-                     last_checkpoint=result.last_checkpoint, best={monitor: best_value, "epoch": best_epoch})
-        if mlrun is not None:
-            mlrun.set_tags({"best_checkpoint": result.best_checkpoint or "", "best_epoch": str(best_epoch),
-                            f"best_{monitor}": str(best_value)})
-            mlrun.end("FINISHED")
-            result.tracking_failures = list(mlrun.failures)
-        write_json_atomic(out / "fit.json", result.to_json())
+        _record_success(result, recorder, status, mlrun, out)
     return result
+
+
+def _results_folder(spec: DictConfig) -> Path:
+    """The run's results folder, checked writable with room for its checkpoints, holding the resolved spec.yaml."""
+    out = results_dir_of(spec)
+    check_writable(out)
+    check_free_space(out, *run_bytes(spec))
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    save_spec(spec, out / "spec.yaml")
+    return out
+
+
+def _lightning_trainer(spec: DictConfig, fast: FastPath, callbacks: list[pl.Callback], ranks: int, show_bar: bool,
+                       out: Path) -> pl.Trainer:
+    """Lightning's Trainer for the spec's loop settings on the spec's devices (or over `ranks` started processes)."""
+    t = spec.train
+    if show_bar:
+        callbacks = [*callbacks, pl.callbacks.TQDMProgressBar(refresh_rate=1)]
+    accelerator, devices, strategy, plugins = _started_ranks(ranks) if ranks > 1 else (*_accelerator(spec), [])
+    limit = int(t.max_steps_per_epoch) * int(t.accumulate_grad_batches) if t.max_steps_per_epoch else None
+    return pl.Trainer(
+        accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=int(t.num_nodes),
+        precision=_PRECISION[fast.precision], max_epochs=int(t.num_epochs),
+        check_val_every_n_epoch=int(t.validation_interval), accumulate_grad_batches=int(t.accumulate_grad_batches),
+        limit_train_batches=limit, log_every_n_steps=int(t.log_every_n_steps), callbacks=callbacks, logger=False,
+        enable_progress_bar=show_bar, enable_model_summary=show_bar, default_root_dir=str(out),
+        num_sanity_val_steps=0, enable_checkpointing=True, plugins=[*plugins, AtomicCheckpointIO()],
+    )
+
+
+def _validate_first(spec: DictConfig, trainer: pl.Trainer, module: Any, val_loader: Any, status: StatusFile,
+                    quiet: bool) -> dict[str, float]:
+    """`train.initial_validation`: the metrics before any step (status.json RUNNING at epoch -1), else {}."""
+    if not spec.train.initial_validation or val_loader is None:
+        return {}
+    initial = {k: float(v) for k, v in trainer.validate(module, val_loader, verbose=False)[0].items()}
+    if trainer.is_global_zero:
+        status.write("RUNNING", "Validation before training", epoch=-1, kpi=initial)
+        if not quiet:
+            log.info("before training  " + "  ".join(f"{k}={v:.4g}" for k, v in initial.items()))
+    module.last_validated_epoch = None
+    return initial
+
+
+def _record_success(result: FitResult, recorder: RunRecorder, status: StatusFile, mlrun: Optional[MlflowRun],
+                    out: Path) -> None:
+    """Rank 0, after the last epoch: SUCCESS in status.json, the MLflow run's best-checkpoint tags and end, fit.json."""
+    final = recorder.history[-1] if recorder.history else {}
+    kpi = {k: v for k, v in final.items() if k not in ("epoch", "lr")}
+    status.write("SUCCESS", "Training finished", kpi=kpi, best_checkpoint=result.best_checkpoint,
+                 last_checkpoint=result.last_checkpoint, best={result.monitor: result.best_value,
+                                                               "epoch": result.best_epoch})
+    if mlrun is not None:
+        mlrun.set_tags({"best_checkpoint": result.best_checkpoint or "", "best_epoch": str(result.best_epoch),
+                        f"best_{result.monitor}": str(result.best_value)})
+        mlrun.end("FINISHED")
+        result.tracking_failures = list(mlrun.failures)
+    write_json_atomic(out / "fit.json", result.to_json())
 
 
 def _check_run(spec: DictConfig) -> tuple[FastPath, Optional[str]]:
@@ -358,8 +372,8 @@ def _initial_module(spec: DictConfig, resume: Optional[str]) -> Any:
     elif t.pretrained_model_path:
         load_weights(module.model, t.pretrained_model_path, strict=True)
         if spec.model.mono_backbone.pretrained_path:
-            print("notice: train.pretrained_model_path initialises the whole model; "
-                  "model.mono_backbone.pretrained_path is not used", file=sys.stderr)
+            log.warning("notice: train.pretrained_model_path initialises the whole model; "
+                        "model.mono_backbone.pretrained_path is not used")
     elif spec.model.mono_backbone.pretrained_path:
         load_weights(module.model, spec.model.mono_backbone.pretrained_path, strict=True, backbone_only=True)
     return module

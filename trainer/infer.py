@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from trainer.records import StatusFile
 from trainer.records import write_json_atomic
 from trainer.runtime import build_predictor, output_dir, resize_prediction
 from trainer.constants import METRIC
+
+log = logging.getLogger(__name__)
 
 
 def colorize(depth: np.ndarray, *, metric: bool, cmap: str = "Spectral_r") -> np.ndarray:
@@ -77,6 +80,6 @@ def inference(spec: DictConfig, *, progress: bool = True) -> dict[str, Any]:
                "images": written, "wall_time_s": round(time.time() - started, 2)}
     write_json_atomic(out / "inference.json", summary)
     StatusFile(out / "status.json").write("SUCCESS", "Inference finished", num_images=len(written))
-    print(f"wrote depth for {len(written)} images to {out} ({summary['kind']}; raw as "
-          f"{'PFM' if spec.inference.save_raw_pfm else 'NPY'})")
+    log.info(f"wrote depth for {len(written)} images to {out} ({summary['kind']}; raw as "
+             f"{'PFM' if spec.inference.save_raw_pfm else 'NPY'})")
     return summary

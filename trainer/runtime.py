@@ -5,7 +5,7 @@ contract with one pre- and post-processing (`trainer.deploy.predictors`).
 
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -16,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.constants import METRIC
 from trainer.deploy.predictors import OnnxPredictor, Predictor, TensorRTPredictor, resize_prediction
 from trainer.errors import CheckpointError, UserError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Predictor", "TorchPredictor", "build_predictor", "checkpoint_spec", "load_model", "pick_device",
            "resize_prediction"]
@@ -65,7 +67,7 @@ def checkpoint_spec(spec: DictConfig, checkpoint: str) -> DictConfig:
             if plain["dataset"][split].get("augmentation") == default_aug:
                 plain["dataset"][split]["augmentation"] = dict(trained_aug)
     for n in notes:
-        print(f"notice: {n}; using the checkpoint's", file=sys.stderr)
+        log.warning(f"notice: {n}; using the checkpoint's")
     return build_spec(plain, check_files=False, notice=lambda _m: None)
 
 

@@ -11,13 +11,14 @@ import contextlib
 import io
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from trainer.errors import first_line
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -215,7 +216,7 @@ class MlflowRun:
             raise OSError(disk.errno, disk.strerror, self.uri[len("sqlite:///"):]) from None
         msg = f"MLflow ({self.uri}): could not {what}: {type(exc).__name__}: {first_line(exc)[:200]}"
         if not self.failures:
-            print(f"warning: {msg}; training continues, later tracking errors are counted", file=sys.stderr)
+            log.warning(f"warning: {msg}; training continues, later tracking errors are counted")
         self.failures.append(msg)
         if self.failure_log is not None:
             try:

@@ -20,8 +20,8 @@ Layout of RESULTS_DIR:
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +40,8 @@ from automl.search.tracking import ParentRun, bound_http_retries, check_tracking
 from automl.search.trial import TrialContext, run_trial
 from automl.search.winner import finish_search
 from automl.skills.shared import StatusFile, UserError, check_free_space, check_writable, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "search_state.json"
 EXPERIMENT = "search"
@@ -139,7 +141,7 @@ def prepare_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> Prepare
     started = time.time()
     results, state, storage = _check_results(skill, spec, opts)
     for line in skill.preflight(spec):  # what every trial would find wrong in its inputs
-        print(f"checked: {line}", file=sys.stderr)
+        log.info(f"checked: {line}")
     space_path = opts.search_space or state.get("search_space") or str(skill.default_search_space())
     space = load_search_space(space_path, skill=skill, spec=spec, metric=opts.metric, mode=opts.mode)
     from automl.skills.shared import default_tracking_uri
@@ -188,8 +190,7 @@ def _baseline(space: SearchSpace, spec: DictConfig, sampler: str) -> dict[str, A
     (Optuna's grid sampler refuses a partial point)."""
     baseline = space.baseline(spec)
     if sampler == "grid" and set(baseline) != {p.name for p in space.params}:
-        print("notice: the spec's own values are not a point of the grid; the search runs the grid alone",
-              file=sys.stderr)
+        log.warning("notice: the spec's own values are not a point of the grid; the search runs the grid alone")
         return {}
     return baseline
 
@@ -246,7 +247,7 @@ def run_tuner(skill: Any, spec: DictConfig, opts: SearchOptions, prep: PreparedS
                                     res.tune)
     exp_dir = prep.storage / EXPERIMENT
     if opts.resume and tune.Tuner.can_restore(str(exp_dir)):
-        print(f"resuming the search in {exp_dir}", file=sys.stderr)
+        log.info(f"resuming the search in {exp_dir}")
         tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(trainable, tune_config=_tune_config(opts, prep), run_config=run_config)

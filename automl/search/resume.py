@@ -13,13 +13,15 @@ no epoch is trained for a search that nobody is running.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
-import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,8 +97,8 @@ def stop_with_driver(driver_pid: int, driver_host: str, interval: float = 1.0) -
         stop = threading.Event()
         while not stop.wait(interval):
             if not _alive(driver_pid):
-                print(f"the search's driver (pid {driver_pid}) is gone; this trial stops (automl run --resume "
-                      f"continues it from its last checkpoint)", file=sys.stderr, flush=True)
+                log.warning(f"the search's driver (pid {driver_pid}) is gone; this trial stops (automl run --resume "
+                            f"continues it from its last checkpoint)")
                 os._exit(1)
 
     thread = threading.Thread(target=watch, name="automl-driver-watch", daemon=True)

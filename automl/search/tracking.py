@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
-import sys
 from typing import Any, Mapping, Optional, Sequence
 
 from automl.search.states import TrialState
 from automl.skills.shared import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, MlflowRun, TrackingConfig, first_line
+
+log = logging.getLogger(__name__)
 
 TRIAL_TAG = "automl.trial_id"
 STATE_TAG = "automl.trial_state"
@@ -198,5 +200,4 @@ class ParentRun:
     def end(self, status: str = "FINISHED") -> None:
         self.run.end(status)
         if self.run.failures:
-            print(f"warning: {len(self.run.failures)} MLflow operations failed; first: {self.run.failures[0]}",
-                  file=sys.stderr)
+            log.warning(f"warning: {len(self.run.failures)} MLflow operations failed; first: {self.run.failures[0]}")

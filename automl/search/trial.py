@@ -22,6 +22,7 @@ import contextlib
 import errno
 import gc
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -35,6 +36,8 @@ from automl.search.guards import DISK_FULL_PREFIX, FAIL_KEY, PRUNE_KEY
 from automl.search.tracking import TRIAL_TAG, find_child_run, searched_tag, trial_params
 from automl.skills.shared import UserError, first_line
 from automl.search.states import TrialState
+
+log = logging.getLogger(__name__)
 
 # Test hooks (never set by the CLI or by a spec): see automl/testing.py; the driver reads them once
 # (automl.testing.read_fault_hooks) into TrialContext.faults.
@@ -127,6 +130,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     import logging
 
+    from automl import logs
+
+    logs.configure()  # the trainer's notices and warnings reach the worker's output, which Ray shows the driver
     for name in ("ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)  # "Checkpoint successfully created" per epoch
     import ray
@@ -375,8 +381,8 @@ def _run_distributed(ctx: TrialContext, trial_id: str, spec: Any, tracking: Any,
             try:
                 child.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                print(f"trial {trial_id}: DDP rank {rank} did not exit within 60 s of the trial's end; killing it",
-                      file=sys.stderr, flush=True)
+                log.warning(f"trial {trial_id}: DDP rank {rank} did not exit within 60 s of the trial's end; "
+                            "killing it")
                 child.kill()
                 child.wait()
                 lingering.append(child)
@@ -393,13 +399,12 @@ def _watch_ranks(children: list, done: threading.Event, trial_id: str) -> None:
     until the process-group timeout; instead rank 0 ends its own process at once, which Ray handles as a dead
     worker: the trial is retried from its last checkpoint (automl.max_failures) or recorded as an error."""
     import signal
-    import sys
 
     while not done.wait(2.0):
         dead = [(i + 1, c.returncode) for i, c in enumerate(children) if c.poll() not in (None, 0)]
         if dead and not done.is_set():
-            print(f"trial {trial_id}: DDP rank(s) {', '.join(f'{r} (exit {code})' for r, code in dead)} died; "
-                  f"ending rank 0 so that Ray retries the trial", file=sys.stderr, flush=True)
+            log.warning(f"trial {trial_id}: DDP rank(s) {', '.join(f'{r} (exit {code})' for r, code in dead)} died; "
+                        f"ending rank 0 so that Ray retries the trial")
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -444,8 +449,7 @@ def _child_rank(config_path: str) -> int:
 def _leave_process_group() -> None:
     """Close this rank's process group once a DDP fit has ended on every rank (finished, or stopped together on a
     NaN/inf); Lightning leaves it open. Every rank must: a rank that exits with its NCCL communicator open waits in
-    NCCL's teardown for ranks still alive, which held each child rank (and its GPU) a minute past the trial's end
-    on 2 H200s."""
+    NCCL's teardown for the ranks still alive, holding its GPU past the trial's end (docs/internals.md, Search)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

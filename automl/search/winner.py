@@ -7,9 +7,9 @@ terminal. Nothing here raises on a failing evaluation, export or report: the sea
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +23,8 @@ from automl.search.states import ENDED, TrialState
 from automl.search.stoppers import SEARCH_STOPPED
 from automl.search.tracking import ParentRun
 from automl.skills.shared import TRACKING_FAILURES_FILE, UserError, first_line, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from automl.search.driver import PreparedSearch, SearchOptions
@@ -67,8 +69,8 @@ def finish_search(skill: Any, spec: DictConfig, opts: "SearchOptions", prep: "Pr
         parent.log_metrics({f"best/{space.metric}": winner.best}, step=0)
         parent.set_tags({"automl.winner_trial": winner.trial_id})
     summary["tracking"] = tracking_report(records, parent)
-    print()
-    print(leaderboard(records, space, winner))
+    log.info("")
+    log.info(leaderboard(records, space, winner))
     write_json_atomic(results / SUMMARY_FILE, summary)
     from automl.report import report_after_search
 
@@ -119,10 +121,9 @@ def _record_outcomes(parent: ParentRun, records: list[TrialRecord], winner: Opti
     for trial_id in orphans:
         parent.set_trial_outcome(trial_id, TrialState.ORPHANED, ORPHAN_REASON)
     if orphans:
-        print(f"notice: {len(orphans)} trial(s) started after Ray Tune's last snapshot before the driver died "
-              f"({', '.join(orphans)}); the resumed search ran their points as new trials. Their folders under "
-              f"{results / 'trials'} are kept; their MLflow runs are marked KILLED (tag {ORPHAN_TAG_HINT}).",
-              file=sys.stderr)
+        log.warning(f"notice: {len(orphans)} trial(s) started after Ray Tune's last snapshot before the driver died "
+                    f"({', '.join(orphans)}); the resumed search ran their points as new trials. Their folders under "
+                    f"{results / 'trials'} are kept; their MLflow runs are marked KILLED (tag {ORPHAN_TAG_HINT}).")
 
 
 def _best_in(history: list[Mapping[str, Any]], metric: str, mode: str) -> tuple[Optional[float], Optional[int]]:
@@ -253,9 +254,9 @@ def tracking_report(records: list[TrialRecord], parent: ParentRun) -> dict[str, 
     first = first or (on_parent[0] if on_parent else None)
     total = sum(per_trial.values()) + len(on_parent)
     if total:
-        print(f"warning: {total} MLflow operations could not be logged to {parent.uri} ({len(per_trial)} trials, "
-              f"{len(on_parent)} on the search's parent run); training went on and summary.json holds every "
-              f"trial's results; first failure: {first}", file=sys.stderr)
+        log.warning(f"warning: {total} MLflow operations could not be logged to {parent.uri} ({len(per_trial)} trials, "
+                    f"{len(on_parent)} on the search's parent run); training went on and summary.json holds every "
+                    f"trial's results; first failure: {first}")
     return {"uri": parent.uri, "failed_operations": total, "trials": per_trial, "parent_run": len(on_parent),
             "first_failure": first}
 
@@ -325,13 +326,13 @@ def finalize_winner(skill: Any, spec: DictConfig, winner: TrialRecord, results: 
         eval_spec = skill.with_overrides(
             trial_spec, {"evaluate.checkpoint": out["checkpoint"], "evaluate.results_dir": str(best_dir / "evaluate"),
                          "dataset.test_dataset": OmegaConf.to_container(spec.dataset[eval_split], resolve=True)})
-        print(f"\nevaluating the winner ({winner.trial_id}) on {eval_split}:")
+        log.info(f"\nevaluating the winner ({winner.trial_id}) on {eval_split}:")
         evaluation = skill.evaluate(eval_spec)
         out["evaluation"] = {"split": eval_split, **{k: v for k, v in evaluation.items() if k != "model"}}
         parent.log_metrics({f"winner/{k}": v for k, v in evaluation["metrics"].items()}, step=0)
     except Exception as exc:  # noqa: BLE001 - the search's results must survive a failing evaluation
         out["evaluation_error"] = f"{type(exc).__name__}: {exc}"
-        print(f"warning: evaluating the winner failed: {exc}", file=sys.stderr)
+        log.warning(f"warning: evaluating the winner failed: {exc}")
     out["export"] = export_winner(skill, trial_spec, Path(out["checkpoint"]), best_dir, export_mode)
     tagged = ("mode", "onnx_file", "engine", "status")
     parent.set_tags({f"automl.export.{k}": v for k, v in out["export"].items() if k in tagged})
@@ -354,10 +355,10 @@ def export_winner(skill: Any, trial_spec: DictConfig, checkpoint: Path, best_dir
         build, reason = skill.engine_available()
         if not build:
             info["engine_skipped"] = reason
-            print(f"automl.export=auto: TensorRT engine skipped ({reason}); exporting ONNX only", file=sys.stderr)
+            log.warning(f"automl.export=auto: TensorRT engine skipped ({reason}); exporting ONNX only")
     onnx_file = best_dir / "model.onnx"
     try:
-        print(f"\nexporting the winner to {onnx_file}:")
+        log.info(f"\nexporting the winner to {onnx_file}:")
         export_spec = skill.with_overrides(trial_spec, {
             "export.checkpoint": str(checkpoint), "export.onnx_file": str(onnx_file),
             "export.results_dir": str(best_dir / "export"), "export.overwrite": True,
@@ -368,7 +369,7 @@ def export_winner(skill: Any, trial_spec: DictConfig, checkpoint: Path, best_dir
     except Exception as exc:  # noqa: BLE001
         info["status"] = "failed"
         info["error"] = f"export: {type(exc).__name__}: {exc}"
-        print(f"warning: exporting the winner failed: {exc}", file=sys.stderr)
+        log.warning(f"warning: exporting the winner failed: {exc}")
         return info
     if build:
         try:
@@ -380,7 +381,7 @@ def export_winner(skill: Any, trial_spec: DictConfig, checkpoint: Path, best_dir
         except Exception as exc:  # noqa: BLE001
             info["status"] = "failed"
             info["error"] = f"gen_trt_engine: {type(exc).__name__}: {exc}"
-            print(f"warning: building the winner's TensorRT engine failed: {exc}", file=sys.stderr)
+            log.warning(f"warning: building the winner's TensorRT engine failed: {exc}")
             return info
     info["status"] = "exported"
     return info
@@ -388,15 +389,15 @@ def export_winner(skill: Any, trial_spec: DictConfig, checkpoint: Path, best_dir
 
 def _print_paths(results: Path, summary: Mapping[str, Any]) -> None:
     w = summary.get("winner") or {}
-    print(f"\nsearch finished in {summary['wall_time_s']:.0f} s: {summary['states']}")
-    print(f"  winner:        {w.get('trial_id')}  {summary['objective']['metric']} = {w.get('best')}")
-    print(f"  checkpoint:    {w.get('checkpoint')}")
+    log.info(f"\nsearch finished in {summary['wall_time_s']:.0f} s: {summary['states']}")
+    log.info(f"  winner:        {w.get('trial_id')}  {summary['objective']['metric']} = {w.get('best')}")
+    log.info(f"  checkpoint:    {w.get('checkpoint')}")
     exported = w.get("export") or {}
     for key, label in (("onnx_file", "ONNX"), ("engine", "engine")):
         if exported.get(key):
-            print(f"  {label + ':':<14} {exported[key]}")
-    print(f"  summary:       {results / 'summary.json'}")
+            log.info(f"  {label + ':':<14} {exported[key]}")
+    log.info(f"  summary:       {results / 'summary.json'}")
     if (results / "report" / "report.html").is_file():
-        print(f"  report:        {results / 'report' / 'report.html'}")
-    print(f"  MLflow:        automl ui {results}   (parent run {summary['mlflow']['parent_run_id']})")
-    print(f"  Optuna study:  optuna-dashboard {summary['optuna_storage']}")
+        log.info(f"  report:        {results / 'report' / 'report.html'}")
+    log.info(f"  MLflow:        automl ui {results}   (parent run {summary['mlflow']['parent_run_id']})")
+    log.info(f"  Optuna study:  optuna-dashboard {summary['optuna_storage']}")

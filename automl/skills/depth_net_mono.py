@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig
 
 from automl.skills.base import Reporter, Skill
+
+log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,7 +59,7 @@ def ensure_demo_data(results_dir: str) -> Path:
     data = Path(results_dir) / "data"
     if (data / "train.txt").is_file() and (data / "val.txt").is_file():
         return data
-    print(f"generating {DEMO_DATA['num']} synthetic RGB-D frames in {data} (once)", file=sys.stderr)
+    log.info(f"generating {DEMO_DATA['num']} synthetic RGB-D frames in {data} (once)")
     generate_dataset(str(data), DEMO_DATA["num"], size=DEMO_DATA["size"], seed=DEMO_DATA["seed"],
                      layout=DEMO_DATA["layout"], progress=True)
     return data
@@ -147,23 +149,23 @@ class DepthNetMono(Skill):
     def print_fit_summary(self, spec: DictConfig, result: Any) -> None:
         last = result.history[-1] if result.history else {}
         shown = "  ".join(f"{k}={v:.4g}" for k, v in last.items() if k not in ("epoch", "lr"))
-        print(f"\ntraining finished: {result.epochs_completed} epochs in {result.wall_time_s:.0f} s")
+        log.info(f"\ntraining finished: {result.epochs_completed} epochs in {result.wall_time_s:.0f} s")
         if result.initial_metrics:
             before = "  ".join(f"{k}={v:.4g}" for k, v in result.initial_metrics.items())
-            print(f"  before training:  {before}")
+            log.info(f"  before training:  {before}")
         if shown:
-            print(f"  final:            {shown}")
+            log.info(f"  final:            {shown}")
         if result.best_value is not None:
-            print(f"  best {result.monitor}:   {result.best_value:.4g} (epoch {result.best_epoch})")
-        print(f"  best checkpoint:  {result.best_checkpoint}")
-        print(f"  last checkpoint:  {result.last_checkpoint}")
-        print(f"  status:           {Path(result.results_dir) / 'status.json'}")
+            log.info(f"  best {result.monitor}:   {result.best_value:.4g} (epoch {result.best_epoch})")
+        log.info(f"  best checkpoint:  {result.best_checkpoint}")
+        log.info(f"  last checkpoint:  {result.last_checkpoint}")
+        log.info(f"  status:           {Path(result.results_dir) / 'status.json'}")
         if result.tracking_uri:
-            print(f"  MLflow run:       {result.mlflow_run_id} in {result.tracking_uri}")
+            log.info(f"  MLflow run:       {result.mlflow_run_id} in {result.tracking_uri}")
         if result.tracking_failures:
-            print(f"  MLflow problems:  {len(result.tracking_failures)} (first: {result.tracking_failures[0]})")
+            log.info(f"  MLflow problems:  {len(result.tracking_failures)} (first: {result.tracking_failures[0]})")
         if result.skipped_samples:
-            print(f"  skipped samples:  {result.skipped_samples}")
+            log.info(f"  skipped samples:  {result.skipped_samples}")
 
     def evaluate(self, spec: DictConfig) -> Mapping[str, float]:
         from trainer.evaluate import evaluate

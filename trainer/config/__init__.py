@@ -4,7 +4,6 @@ from trainer.config.loader import (
     build_config,
     load_config,
     build_spec,
-    flatten,
     known_key,
     load_spec,
     nearest_key,
@@ -14,6 +13,7 @@ from trainer.config.loader import (
     with_overrides,
 )
 from trainer.config.schema import ExperimentConfig, default_spec
+from trainer.config.tree import flatten
 
 __all__ = [
     "build_config",

@@ -9,7 +9,7 @@ Validation happens in two passes, each collecting every problem before raising o
 from __future__ import annotations
 
 import difflib
-import sys
+import logging
 import typing
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -24,11 +24,13 @@ from trainer.config.paths import resolve_paths
 from trainer.config.schema import ExperimentConfig
 from trainer.constants import METRIC, MODEL_TYPES
 
+log = logging.getLogger(__name__)
+
 Notice = Callable[[str], None]
 
 
 def _stderr_notice(msg: str) -> None:
-    print(f"notice: {msg}", file=sys.stderr)
+    log.warning(f"notice: {msg}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -785,21 +787,6 @@ def to_plain(spec: DictConfig) -> dict:
 def save_spec(spec: DictConfig, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(OmegaConf.to_yaml(spec))
-
-
-def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1} (lists of scalars kept as values, lists of mappings indexed)."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        path = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, path + "."))
-        elif isinstance(v, list) and v and all(isinstance(i, Mapping) for i in v):
-            for i, item in enumerate(v):
-                out.update(flatten(item, f"{path}.{i}."))
-        else:
-            out[path] = v
-    return out
 
 
 def known_key(path: str, root: type = ExperimentConfig) -> bool:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainer.config.tree import flatten
+
 MISSING = "???"  # how OmegaConf/Hydra write a required value that was not given
 
 _AUGMENTATION: dict[str, Any] = {
@@ -103,19 +105,5 @@ TAO_ITEM_KEYS: tuple[str, ...] = (
 )
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        path = f"{prefix}{k}"
-        if isinstance(v, dict) and v and k not in ("backend_kwargs",):
-            out.update(_flatten(v, path + "."))
-        elif isinstance(v, list) and v and all(isinstance(i, dict) for i in v):
-            for i, item in enumerate(v):
-                out.update(_flatten(item, f"{path}.{i}."))
-        else:
-            out[path] = v
-    return out
-
-
 # every leaf key of TAO's schema with its dump value: {"train.optim.lr": 1e-4, ...}
-TAO_KEYS: dict[str, Any] = _flatten(TAO_DEFAULTS)
+TAO_KEYS: dict[str, Any] = flatten(TAO_DEFAULTS, whole=("backend_kwargs",))

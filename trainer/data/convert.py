@@ -23,8 +23,8 @@ Added checks and choices (TAO has none of them):
 
 from __future__ import annotations
 
+import logging
 import random
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence
@@ -34,6 +34,8 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.config.loader import build_config, load_config
 from trainer.data.annotations import write_annotation_file
 from trainer.errors import DataError, SpecProblem
+
+log = logging.getLogger(__name__)
 
 _MAX_EXAMPLES = 5
 
@@ -157,8 +159,7 @@ def convert(cfg: ConvertConfig | DictConfig | Mapping, *, log: Callable[[str], N
     c = _as_config(cfg)
     for key in UNUSED_CONVERT_KEYS:
         if c[key]:
-            print(f"notice: '{key}' is a TAO stereo key that depth_net_mono convert does not use; ignored",
-                  file=sys.stderr)
+            log.warning(f"notice: '{key}' is a TAO stereo key that depth_net_mono convert does not use; ignored")
     root = Path(c.data_root).resolve()
     img_pats = [str(p) for p in c.image_dir_pattern]
     dep_pats = [str(p) for p in c.depth_dir_pattern]

@@ -13,9 +13,9 @@
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import math
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,8 @@ from omegaconf import DictConfig
 from trainer.constants import METRIC, PATCH_SIZE as PATCH
 from trainer.deploy.sidecar import INPUT_NAME, OUTPUT_NAME, Notice, sidecar_path, stderr_notice, write_json
 from trainer.errors import CheckpointError, UserError, first_line
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "INPUT_NAME",
@@ -529,9 +531,9 @@ def _write_graph(plan: _Plan, model: torch.nn.Module, progress: bool) -> None:
     plan.onnx_file.parent.mkdir(parents=True, exist_ok=True)
     _remove_previous(plan.onnx_file)
     if progress:
-        print(f"exporting {plan.source.checkpoint} -> {plan.onnx_file} (opset {plan.opset}, {plan.device.type}, "
-              f"batch {'dynamic' if plan.dynamic_batch else plan.batch}, {plan.height}x{plan.width}"
-              f"{' dynamic' if plan.dynamic_hw else ''})", file=sys.stderr)
+        log.info(f"exporting {plan.source.checkpoint} -> {plan.onnx_file} (opset {plan.opset}, {plan.device.type}, "
+                 f"batch {'dynamic' if plan.dynamic_batch else plan.batch}, {plan.height}x{plan.width}"
+                 f"{' dynamic' if plan.dynamic_hw else ''})")
     _torch_export(model, example, plan.onnx_file, opset=plan.opset, dynamic_batch=plan.dynamic_batch,
                   dynamic_hw=plan.dynamic_hw)
 
@@ -661,5 +663,5 @@ def export_onnx(spec: DictConfig, *, notice: Notice = stderr_notice, progress: b
     result = ExportResult(plan.onnx_file, write_json(sidecar_path(plan.onnx_file), meta), meta)
     _record_status(plan, checks, result.sidecar)
     if progress:
-        print(result.summary())
+        log.info(result.summary())
     return result

@@ -8,8 +8,8 @@ and a sidecar into the spec evaluate/inference run with.
 from __future__ import annotations
 
 import json
+import logging
 import math
-import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -18,6 +18,8 @@ from omegaconf import DictConfig
 from trainer.constants import METRIC
 from trainer.errors import UserError
 from trainer.records import write_atomic
+
+log = logging.getLogger(__name__)
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "Notice", "deployed_spec", "read_sidecar", "sidecar_path", "stderr_notice",
            "write_json"]
@@ -30,7 +32,7 @@ Notice = Callable[[str], None]
 
 def stderr_notice(message: str) -> None:
     """The default `notice`: one line on stderr."""
-    print(f"notice: {message}", file=sys.stderr)
+    log.warning(f"notice: {message}")
 
 
 def sidecar_path(path: str | Path) -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import fnmatch
-import sys
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,8 @@ from trainer.deploy.sidecar import (
     write_json,
 )
 from trainer.errors import SpecError, SpecProblem, UserError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "EngineResult",
@@ -561,9 +563,9 @@ def _build_and_write(trt: Any, plan: _EnginePlan, gpu: _Gpu, g: Any, progress: b
     """Builds the engine with the timing cache, writes both. Returns (plan bytes, cache was loaded, seconds)."""
     cache_in = plan.cache_file.read_bytes() if plan.cache_file.is_file() else b""
     if progress:
-        print(f"building a {plan.data_type} TensorRT {trt.__version__} engine on {gpu.name} from {plan.onnx_file} "
-              f"(profile {plan.profile.as_dict()}; timing cache {plan.cache_file}"
-              f"{' reused' if cache_in else ' new'})", file=sys.stderr)
+        log.info(f"building a {plan.data_type} TensorRT {trt.__version__} engine on {gpu.name} from {plan.onnx_file} "
+                 f"(profile {plan.profile.as_dict()}; timing cache {plan.cache_file}"
+                 f"{' reused' if cache_in else ' new'})")
     started = time.time()
     with torch.cuda.device(gpu.device):
         engine, cache_out, _notes = _build_plan(trt, plan.onnx_file, profile=plan.profile, data_type=plan.data_type,
@@ -610,5 +612,5 @@ def build_engine(spec: DictConfig, *, notice: Notice = stderr_notice, progress: 
         build_seconds=round(build_seconds, 2))
     result = EngineResult(plan.engine_file, side, side_meta)
     if progress:
-        print(result.summary())
+        log.info(result.summary())
     return result
