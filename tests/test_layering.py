@@ -114,3 +114,19 @@ def test_quiet_flag_hides_a_plain_runs_progress_but_not_its_result_files(synth_d
     assert "training finished" in normal and "best checkpoint:" in normal
     assert "training finished" not in quiet and "epoch 1/1" not in quiet
     assert (tmp_path / "loud" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_no_function_hides_its_modules_logger():
+    """A local name or parameter `log` in a function that also calls `log.info(...)` would call the local one."""
+    found = []
+    for path in sorted([*(REPO / "trainer").rglob("*.py"), *(REPO / "automl").rglob("*.py")]):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            bound = {a.arg for a in [*fn.args.args, *fn.args.kwonlyargs]}
+            bound |= {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+            calls = [n for n in ast.walk(fn) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+                     and n.value.id == "log" and n.attr in ("debug", "info", "warning", "error", "exception")]
+            if "log" in bound and calls:
+                found.append(f"{path.relative_to(REPO)}:{fn.lineno} {fn.name}")
+    assert found == []

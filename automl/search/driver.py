@@ -149,6 +149,8 @@ def prepare_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> Prepare
     tracking_uri = opts.tracking_uri or state.get("tracking_uri") or default_tracking_uri(results)
     tracking_env = bound_http_retries()  # MLflow calls fail in seconds, not minutes, when the server is down
     check_tracking_reachable(tracking_uri)
+    if "://" not in str(opts.storage_path or state.get("storage_path") or ""):
+        check_writable(storage)  # a local --storage-path: writable, with room for checkpoints, before Ray starts
 
     cluster.init_ray(opts.address)
     storage.mkdir(parents=True, exist_ok=True)
@@ -180,8 +182,6 @@ def _check_results(skill: Any, spec: DictConfig, opts: SearchOptions) -> tuple[P
     if not opts.resume and state and ((storage / EXPERIMENT).exists() or (results / "summary.json").exists()):
         raise UserError(f"{results} already holds a search; continue it with --resume, or choose another "
                         f"results_dir=PATH")
-    if "://" not in str(opts.storage_path or state.get("storage_path") or ""):
-        check_writable(storage)  # a local --storage-path: writable, with room for checkpoints, before Ray starts
     return results, state, storage
 
 

@@ -162,7 +162,8 @@ def collect_trials(grid: Any, space: SearchSpace, num_epochs: int, baseline: Map
             state, reason = TrialState.ERROR, unreadable
         elif res.error is not None:
             lines = [line for line in str(res.error).splitlines() if line.strip()]
-            state, reason = TrialState.ERROR, f"{type(res.error).__name__}: {(lines[-1].strip() if lines else '')[:300]}"
+            last_line = (lines[-1].strip() if lines else "")[:300]
+            state, reason = TrialState.ERROR, f"{type(res.error).__name__}: {last_line}"
         elif epochs >= num_epochs:
             state, reason = TrialState.COMPLETED, None
         else:
@@ -245,8 +246,8 @@ def tracking_report(records: list[TrialRecord], parent: ParentRun) -> dict[str, 
     per_trial: dict[str, int] = {}
     first: Optional[str] = None
     for r in records:
-        log = Path(r.results_dir or ".") / TRACKING_FAILURES_FILE
-        lines = [line for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+        failures = Path(r.results_dir or ".") / TRACKING_FAILURES_FILE
+        lines = [line for line in failures.read_text().splitlines() if line.strip()] if failures.is_file() else []
         if lines:
             per_trial[r.trial_id] = len(lines)
             first = first or lines[0]

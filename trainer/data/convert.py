@@ -35,7 +35,7 @@ from trainer.config.loader import build_config, load_config
 from trainer.data.annotations import write_annotation_file
 from trainer.errors import DataError, SpecProblem
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)  # (`log` is convert's parameter: where its report lines go)
 
 _MAX_EXAMPLES = 5
 
@@ -159,7 +159,7 @@ def convert(cfg: ConvertConfig | DictConfig | Mapping, *, log: Callable[[str], N
     c = _as_config(cfg)
     for key in UNUSED_CONVERT_KEYS:
         if c[key]:
-            log.warning(f"notice: '{key}' is a TAO stereo key that depth_net_mono convert does not use; ignored")
+            logger.warning(f"notice: '{key}' is a TAO stereo key that depth_net_mono convert does not use; ignored")
     root = Path(c.data_root).resolve()
     img_pats = [str(p) for p in c.image_dir_pattern]
     dep_pats = [str(p) for p in c.depth_dir_pattern]
