@@ -203,6 +203,7 @@ def check_multinode_storage(storage: Path, tracking_uri: str, inputs: Mapping[st
 
 STORAGE_KEY = "automl.storage_path"
 COMPILE_CACHE = "compile_cache"  # in RESULTS_DIR: torch.compile's caches, shared by the trials (trial.prepare_worker)
+FRAME_CACHE = "frame_cache"  # in RESULTS_DIR: decoded frames, shared by the trials of a node (trainer.data.frame_cache)
 
 
 @dataclass
@@ -447,6 +448,7 @@ def _run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, 
                        experiment_name=opts.experiment_name, parent_run_id=parent.run_id,
                        cpus_per_trial=resources["cpu"], faults=_fault_hooks(), ddp_workers=res.ddp_workers,
                        tracking_env=tracking_env, user_cwd=os.getcwd(), compile_cache=str(results / COMPILE_CACHE),
+                       frame_cache=str(results / FRAME_CACHE),
                        driver_pid=driver_identity()[0], driver_host=driver_identity()[1])
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), res.tune)
 
