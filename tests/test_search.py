@@ -427,14 +427,3 @@ def test_fractional_gpus_pack_several_trials_on_each_gpu(synth_data, tmp_path, r
     # and they trained at the same time: every trial started before any finished
     assert max(f["started_at"] for f in fits) < min(f["started_at"] + f["wall_time_s"] for f in fits), fits
 
-
-def test_trials_share_the_search_frame_cache_unless_the_spec_names_one() -> None:
-    from automl.search.trial import TrialContext, frame_cache_override
-
-    def ctx(dataset: dict) -> TrialContext:
-        return TrialContext(skill_name="depth_net_mono", base_spec={"dataset": dataset}, trials_dir="/r/trials",
-                            metric="val/abs_rel", mode="min", tracking_uri=None, experiment_name="e",
-                            parent_run_id=None, frame_cache="/r/frame_cache")
-
-    assert frame_cache_override(ctx({})) == {"dataset.frame_cache_dir": "/r/frame_cache"}
-    assert frame_cache_override(ctx({"frame_cache_dir": "/mine"})) == {}

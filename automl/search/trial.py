@@ -63,7 +63,6 @@ class TrialContext:
     ddp_workers: int = 0  # > 1: each trial is a DDP run over this many processes (one GPU each)
     user_cwd: Optional[str] = None  # where the user ran the search: relative paths among sampled values mean it
     compile_cache: Optional[str] = None  # torch.compile's caches, shared by the search's trials (prepare_worker)
-    frame_cache: Optional[str] = None  # decoded training/validation frames, shared by the trials of a node
     driver_pid: int = 0  # the driver process: a worker on its node stops when it is gone (automl.search.resume)
     driver_host: str = ""
 
@@ -105,12 +104,6 @@ def prepare_worker(ctx: TrialContext) -> dict[str, Any]:
     return {"worker_pid": os.getpid(), "worker_trial": index}
 
 
-def frame_cache_override(ctx: TrialContext) -> dict[str, str]:
-    """`dataset.frame_cache_dir` for a trial: the search's frame cache, unless the spec names its own folder."""
-    own = (ctx.base_spec.get("dataset") or {}).get("frame_cache_dir")
-    return {"dataset.frame_cache_dir": ctx.frame_cache} if ctx.frame_cache and not own else {}
-
-
 def _trial_index(trial_id: str, trials_dir: str) -> int:
     """Sequence number of a trial (order of first start), stable across retries: recorded in trials_dir."""
     registry = Path(trials_dir) / ".order"
@@ -146,7 +139,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     skill = get_skill(ctx.skill_name)
     out = Path(ctx.trials_dir) / trial_id
     values = {**ctx.fixed, **config, "results_dir": str(out), "train.results_dir": None,
-              "train.optim.monitor_name": ctx.metric, **frame_cache_override(ctx)}
+              "train.optim.monitor_name": ctx.metric}
     try:
         spec = skill.with_overrides(OmegaConf.create(ctx.base_spec), values, base_dir=ctx.user_cwd)
     except UserError as exc:  # the sampled values make an invalid spec: the same on every retry
