@@ -24,7 +24,7 @@ import socket
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
@@ -33,11 +33,13 @@ from ray.tune import Stopper
 from ray.tune.stopper import CombinedStopper
 
 from automl.search.guards import FAIL_KEY, PRUNE_KEY, GuardedOptunaSearch, build_scheduler, is_finite_number
+from automl.search.packing import resolve_packing, wants_auto
 from automl.search.resume import driver_identity
 from automl.search.stop import search_interrupted, stop_signals
 from automl.search.space import SearchSpace, load_search_space
 from automl.search.tracking import ParentRun, bound_http_retries, check_tracking_reachable
 from automl.search.trial import TrialContext, run_trial, warm_workers_enabled
+from automl.search.warmup import overlap_checks_with_ray, preload_config, with_frame_cache
 from trainer.callbacks import StatusFile
 from trainer.errors import UserError, first_line
 from trainer.records import write_json_atomic
@@ -53,7 +55,7 @@ class SearchOptions:
 
     num_trials: int
     max_concurrent: Optional[int]
-    gpus_per_trial: Optional[float]
+    gpus_per_trial: Optional[float | str]  # "auto" (or None, the default): chosen by a probe on GPUs
     cpus_per_trial: float
     scheduler: str
     grace_period: int
@@ -123,7 +125,8 @@ def _init_ray(address: Optional[str], results_dir: Path) -> None:
         # that on every run is not repeated
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         with local_ray_on_loopback():  # address=local: never a cluster someone else started on this machine
-            ray.init(address="local", num_cpus=os.cpu_count() or 1, **kwargs)
+            ray.init(address="local", num_cpus=os.cpu_count() or 1,
+                     _system_config=preload_config(str(results_dir / PRELOAD_SLOTS_DIR)), **kwargs)
 
 
 @contextlib.contextmanager
@@ -204,6 +207,7 @@ def check_multinode_storage(storage: Path, tracking_uri: str, inputs: Mapping[st
 STORAGE_KEY = "automl.storage_path"
 COMPILE_CACHE = "compile_cache"  # in RESULTS_DIR: torch.compile's caches, shared by the trials (trial.prepare_worker)
 FRAME_CACHE = "frame_cache"  # in RESULTS_DIR: decoded frames, shared by the trials of a node (trainer.data.frame_cache)
+PRELOAD_SLOTS_DIR = ".preload"  # in RESULTS_DIR: which Ray workers import the trainer stack (automl.search.preload)
 
 
 @dataclass
@@ -223,7 +227,7 @@ def _resources(opts: SearchOptions) -> TrialResources:
     total = ray.cluster_resources()
     gpus = float(total.get("GPU", 0))
     cpus = float(total.get("CPU", 1))
-    gpt = opts.gpus_per_trial if opts.gpus_per_trial is not None else (1.0 if gpus else 0.0)
+    gpt = (1.0 if gpus else 0.0) if wants_auto(opts.gpus_per_trial) else float(opts.gpus_per_trial)
     from automl.testing import testing_ddp_cpu_workers
 
     cpu_workers = testing_ddp_cpu_workers() if gpt == 0 else 0
@@ -396,9 +400,6 @@ def _run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, 
         raise UserError(f"{results} already holds a search; continue it with --resume, or choose another "
                         f"results_dir=PATH")
 
-    # what every trial would find wrong in its inputs stops the search here, in seconds, before Ray starts
-    for line in skill.preflight(spec):
-        print(f"checked: {line}", file=sys.stderr)
     space_path = opts.search_space or state.get("search_space") or str(skill.default_search_space())
     space = load_search_space(space_path, skill=skill, spec=spec, metric=opts.metric, mode=opts.mode)
     tracking_uri = opts.tracking_uri or state.get("tracking_uri") or default_tracking_uri(results)
@@ -407,9 +408,17 @@ def _run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, 
     if "://" not in str(opts.storage_path or state.get("storage_path") or ""):
         check_writable(storage)  # a local --storage-path: writable, with room for checkpoints, before Ray starts
 
-    _init_ray(opts.address, results)
+    # what every trial would find wrong in its inputs stops the search here, in seconds, while Ray starts (and the
+    # decoded frames are cached for the trials)
+    spec = with_frame_cache(skill, spec, results / FRAME_CACHE)
+    for line in overlap_checks_with_ray(lambda: skill.preflight(spec), lambda: _init_ray(opts.address, results)):
+        print(f"checked: {line}", file=sys.stderr)
     storage.mkdir(parents=True, exist_ok=True)
     check_multinode_storage(storage, tracking_uri, skill.input_paths(spec))
+    packing = resolve_packing(skill, spec, opts, str(results / COMPILE_CACHE))  # --gpus-per-trial auto: a probe
+    if packing is not None:
+        print(f"--gpus-per-trial auto: {packing.reason}", file=sys.stderr)
+        opts = replace(opts, gpus_per_trial=packing.gpus_per_trial)
     res = _resources(opts)
     resources, concurrent = res.per_trial, res.concurrent
     num_epochs = int(spec.train.num_epochs)
@@ -448,7 +457,6 @@ def _run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, 
                        experiment_name=opts.experiment_name, parent_run_id=parent.run_id,
                        cpus_per_trial=resources["cpu"], faults=_fault_hooks(), ddp_workers=res.ddp_workers,
                        tracking_env=tracking_env, user_cwd=os.getcwd(), compile_cache=str(results / COMPILE_CACHE),
-                       frame_cache=str(results / FRAME_CACHE),
                        driver_pid=driver_identity()[0], driver_host=driver_identity()[1])
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), res.tune)
 
@@ -534,6 +542,7 @@ def _run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, 
         parent.log_metrics({f"best/{space.metric}": winner.best}, step=0)
         parent.set_tags({"automl.winner_trial": winner.trial_id})
     summary["tracking"] = tracking_report(records, parent)
+    summary["packing"] = packing.to_dict() if packing else None
     print()
     print(leaderboard(records, space, winner))
     write_json_atomic(results / "summary.json", summary)

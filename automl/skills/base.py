@@ -53,6 +53,12 @@ class Skill(ABC):
     def fit(self, spec: DictConfig, reporter: Optional[Reporter] = None) -> Any:
         """One training run (a plain run or a search trial)."""
 
+    def probe_training(self, spec: DictConfig, steps: int, warmup: int) -> Optional[Mapping[str, Any]]:
+        """A few training steps of `spec` measured for `--gpus-per-trial auto` (automl.search.packing): `img_per_s`,
+        `gpu_busy` (0..1), `peak_memory_bytes`, `total_memory_bytes`, `cpu_cores`. None: this skill cannot probe,
+        and the search keeps one trial per GPU."""
+        return None
+
     @abstractmethod
     def evaluate(self, spec: DictConfig) -> Mapping[str, float]:
         ...
