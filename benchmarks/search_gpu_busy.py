@@ -270,6 +270,20 @@ def fatal_errors(paths: Sequence[str]) -> list[str]:
     return hits
 
 
+def _first(trials: list[dict[str, Any]], key: str, start: float) -> Optional[float]:
+    """Seconds from the CLI's start to the earliest `key` of any trial (None when no trial has it)."""
+    times = [t[key] for t in trials if t.get(key)]
+    return round(min(times) - start, 1) if times else None
+
+
+def _packing(results: Path) -> Optional[dict[str, Any]]:
+    """What `--gpus-per-trial auto` chose (summary.json `packing`), or None."""
+    try:
+        return json.loads((results / "summary.json").read_text()).get("packing")
+    except (OSError, ValueError):
+        return None
+
+
 def analyse(run: dict[str, Any], num_epochs: int, n_gpus: int,
             trials: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
     """The numbers, over the search's wall time: from the CLI's start to the end of its last trial (the winner's
@@ -297,6 +311,9 @@ def analyse(run: dict[str, Any], num_epochs: int, n_gpus: int,
         "gpu_busy_after_60s": busy(samples, start + SKIP_S, end),
         "first_gpu_activity_s": round(first_busy - start, 1) if first_busy else None,
         "first_trial_step_s": round(min(first_steps) - start, 1) if first_steps else None,
+        "first_trial_started_s": _first(trials, "trial_started_at", start),
+        "first_fit_started_s": _first(trials, "fit_started_at", start),
+        "packing": _packing(Path(run["results"])),
         "startup_cold_s": _stats(cold), "startup_warm_s": _stats(warm),
         "idle_gaps": {"count": len(gaps), "total_s": round(sum(g[1] for g in gaps), 1),
                       "longest_s": max((g[1] for g in gaps), default=0.0), "gaps": gaps},
@@ -364,7 +381,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     ap.add_argument("--repo", default=str(REPO), help="checkout whose automl/trainer run the search")
     ap.add_argument("--encoder", default="vits")
     ap.add_argument("--trials", type=int, default=12)
-    ap.add_argument("--gpus-per-trial", type=float, default=0.25)
+    ap.add_argument("--gpus-per-trial", default="0.25", help="a number, or auto (the probe's packing)")
     ap.add_argument("--max-concurrent", type=int)
     ap.add_argument("--frames", type=int, default=600)
     ap.add_argument("--frame-size", default="240x320")
@@ -384,7 +401,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if args.reanalyse:
         return reanalyse(Path(args.reanalyse), Path(args.out))
     if args.smoke:
-        args.trials, args.gpus_per_trial, args.max_concurrent, args.frames = 3, 0.0, 2, 24
+        args.trials, args.gpus_per_trial, args.max_concurrent, args.frames = 3, "0", 2, 24
         args.frame_size, args.crop, args.epochs, args.grace, args.batch = "64x80", "56x70", 2, 1, 2
         args.steps, args.workers, args.timeout = 3, 0, min(args.timeout, 600.0)
     out = Path(args.out)
@@ -420,10 +437,12 @@ def _save_and_show(result: dict[str, Any], out: Path) -> dict[str, Any]:
     a = result["analysis"]
     show = {k: a[k] for k in ("search_wall_s", "cli_exit_s", "cli_rc", "gpu_busy", "gpu_busy_after_60s",
                               "first_gpu_activity_s",
+                              "first_trial_started_s", "first_fit_started_s",
                               "first_trial_step_s", "startup_cold_s", "startup_warm_s", "trials", "epochs",
                               "worker_processes", "trials_per_gpu_hour", "epochs_per_gpu_hour",
                               "fatal_python_error_in", "trials_all_epochs", "trials_all_epochs_not_success")}
     show["idle_gaps"] = {k: v for k, v in a["idle_gaps"].items() if k != "gaps"}
+    show["packing"] = (a.get("packing") or {}).get("reason")
     print(f"== {label}: rc {run['rc']}, GPUs {run['gpus'] or 'none'}\n   {run['command']}")
     print(json.dumps(show, indent=1, default=str))
     return result
