@@ -153,6 +153,22 @@ def search_command(args: argparse.Namespace, spec_file: Path) -> list[str]:
     return cmd
 
 
+MARKS = ("checked:", "--gpus-per-trial auto", "[search] start")  # CLI lines whose time the run records
+
+
+def _copy_marking(stream: Any, log: Any, marks: list[tuple[float, str]], launched: float) -> None:
+    """Copy the CLI's output to `log`; record (seconds after launch, line) of the first line of each MARKS kind
+    and of every `checked:` line (where the search's start-up goes)."""
+    seen: set[str] = set()
+    for line in stream:
+        log.write(line)
+        kind = next((m for m in MARKS if line.startswith(m)), None)
+        if kind and (kind == "checked:" or kind not in seen):
+            seen.add(kind)
+            marks.append((round(time.time() - launched, 2), line.strip()[:300]))
+    log.flush()
+
+
 def run_search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Generate the frames, run the CLI in `args.repo` while sampling the GPU; what happened, with timestamps."""
     sys.path.insert(0, str(REPO))
@@ -173,19 +189,24 @@ def run_search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     sampler = GpuSampler(args.period).start() if not args.smoke else None
     log_path = work / "automl_run.log"
     launched = time.time()
+    marks: list[tuple[float, str]] = []
     with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, cwd=str(repo), env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=str(repo), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1)
+        reader = threading.Thread(target=_copy_marking, args=(proc.stdout, log, marks, launched), daemon=True)
+        reader.start()
         try:
             rc = proc.wait(timeout=args.timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             rc = proc.wait()
+        reader.join(10)
     ended = time.time()
     if sampler is not None:
         time.sleep(args.period)
         sampler.stop()
     return {"command": " ".join(cmd), "repo": str(repo), "rc": rc, "launched": launched, "ended": ended,
-            "data_s": data_s, "results": str(results), "log": str(log_path),
+            "data_s": data_s, "results": str(results), "log": str(log_path), "log_marks": marks,
             "samples": sampler.samples if sampler else [], "gpus": sampler.gpu_names if sampler else [],
             "sampler": sampler.source if sampler else None}
 
@@ -219,6 +240,7 @@ def trials_of(results: Path, num_epochs: int) -> list[dict[str, Any]]:
             "fit_ended_at": fit_start + fit["wall_time_s"] if fit_start and fit.get("wall_time_s") else last_report,
             "last_report_at": last_report,
             "startup_s": first_step - started if first_step and started else None,
+            **{k: first.get(k) for k in ("preloaded", "startup_imports_s", "startup_spec_s", "startup_tracking_s")},
             "status": status, "ran_all_epochs": (t.get("epochs") or 0) >= num_epochs})
     return sorted(out, key=lambda r: r["trial_started_at"] or r["fit_started_at"] or 0)
 

@@ -304,6 +304,8 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
     if recorder.failure is not None:  # Lightning swallowed an interrupt: never report it as a success
         raise recorder.failure
 
+    if mlrun is not None:
+        mlrun.wait_started()  # started off the critical path (RunRecorder.on_fit_start)
     best_value = _finite(best_cb.best_model_score)
     best_epoch = _best_epoch(recorder.history, monitor, mode)
     result = FitResult(

@@ -19,8 +19,8 @@ from automl.search.warmup import COUNT_ENV, PRELOAD_SLOTS, SLOTS_ENV
 
 log = logging.getLogger(__name__)
 
-MODULES = ("torch", "pytorch_lightning", "timm", "mlflow", "trainer.fit", "trainer.module", "trainer.model",
-           "trainer.data", "automl.skills", "automl.search.trial")
+MODULES = ("torch", "pytorch_lightning", "timm", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store",
+           "trainer.fit", "trainer.module", "trainer.model", "trainer.data", "automl.skills", "automl.search.trial")
 _held: list = []  # the claimed slot files, kept open (and locked) for the life of the process
 
 

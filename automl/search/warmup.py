@@ -7,8 +7,7 @@ Contract:
 - `preload_config()`: the `_system_config` that makes a local Ray's worker processes (Ray starts one per CPU before
   any task asks for one, and places the trials' actors on them) import `PRELOAD_MODULE` when they start; {} when
   `AUTOML_PRELOAD_WORKERS=0`. That module imports the stack in at most `preload_slots(CPUs)` processes per node
-  (the first to claim a slot file), so a node with many CPUs does not hold dozens of idle copies of torch and a
-  small one does not import torch many times at once.
+  (the first to claim a slot file), so a node with many CPUs does not hold dozens of idle copies of torch.
 """
 
 from __future__ import annotations
@@ -24,15 +23,16 @@ log = logging.getLogger(__name__)
 
 PRELOAD_ENV = "AUTOML_PRELOAD_WORKERS"  # "0": worker processes import nothing before their first trial
 PRELOAD_MODULE = "automl.search.preload"
-PRELOAD_SLOTS = 8  # at most this many processes per node import the stack
+PRELOAD_SLOTS = 16  # at most this many processes per node import the stack
 SLOTS_ENV = "AUTOML_PRELOAD_SLOTS_DIR"  # where the slot files live (set by the driver, inherited by Ray's workers)
 COUNT_ENV = "AUTOML_PRELOAD_SLOTS"  # how many (the driver's choice, inherited by Ray's workers)
 
 
 def preload_slots(cpus: int) -> int:
-    """Processes of a node that preload: half its CPUs (imports of torch run on one core each, and on a small
-    machine more of them at once only delay the first trial), at least 1, at most PRELOAD_SLOTS."""
-    return max(1, min(PRELOAD_SLOTS, cpus // 2))
+    """Processes of a node that preload: one per CPU (Ray starts that many workers and places a trial on whichever
+    it picks, so every one of them should be ready), at most PRELOAD_SLOTS (a node of many CPUs does not hold
+    dozens of idle copies of torch)."""
+    return max(1, min(PRELOAD_SLOTS, cpus))
 
 
 def preload_enabled() -> bool:
@@ -79,7 +79,8 @@ def overlap_checks_with_ray(checks: Callable[[], Sequence[str]], init_ray: Calla
     """Run `checks` (the pre-flight check) in a background thread while `init_ray` starts Ray in this one, and
     return the checks' lines. Ray starts in the calling thread because Linux ends Ray's processes with the thread
     that started them. A failed check shuts Ray down again and raises the check's error; when Ray fails to start,
-    a failed check's error is raised first (it names the user's input), else Ray's."""
+    a failed check's error is raised first (it names the user's input), else Ray's. The last line says how long
+    each took."""
     checks_run = Background(lambda: list(checks()))
     started = time.time()
     try:
@@ -96,8 +97,7 @@ def overlap_checks_with_ray(checks: Callable[[], Sequence[str]], init_ray: Calla
         if ray.is_initialized():
             ray.shutdown()
         raise
-    log.info("start-up: Ray %.1f s, pre-flight checks %.1f s, side by side", ray_s, checks_run.seconds or 0.0)
-    return lines
+    return [*lines, f"Ray started in {ray_s:.1f} s beside these checks ({checks_run.seconds or 0.0:.1f} s)"]
 
 
 FRAME_CACHE_KEY = "dataset.frame_cache_dir"
