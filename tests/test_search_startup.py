@@ -49,7 +49,7 @@ def test_preload_config_and_its_switch(tmp_path: Path, monkeypatch) -> None:
     import os
     assert os.environ["AUTOML_PRELOAD_SLOTS_DIR"] == str(tmp_path)  # inherited by the local Ray's workers
     from automl.search.warmup import preload_slots
-    assert [preload_slots(n) for n in (1, 2, 16, 128)] == [1, 2, 16, 16]
+    assert [preload_slots(n) for n in (1, 2, 16, 128)] == [1, 2, 2, 2]
 
 
 def test_only_the_first_processes_of_a_node_claim_a_preload_slot(tmp_path: Path) -> None:

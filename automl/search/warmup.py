@@ -1,11 +1,12 @@
-"""A search's start-up: Ray starts while the driver checks the inputs, and the worker processes of a private local
-Ray import the trainer stack (torch, Lightning, timm, the trainer) before any trial asks for them.
+"""A search's start-up: Ray starts while the driver checks the inputs, and the first worker processes of a private
+local Ray import the trainer stack (torch, Lightning, timm, the trainer) before a task asks for them.
 
 Contract:
 - `overlap_checks_with_ray(checks, init_ray)`: the pre-flight check runs in a background thread while Ray starts in
   the calling thread; a failed check shuts Ray down and raises (see the function).
 - `preload_config()`: the `_system_config` that makes a local Ray's worker processes (Ray starts one per CPU before
-  any task asks for one, and places the trials' actors on them) import `PRELOAD_MODULE` when they start; {} when
+  any task asks for one) import `PRELOAD_MODULE` when they start, so that the probe of `--gpus-per-trial auto`
+  (a plain Ray task) finds the trainer imported; {} when
   `AUTOML_PRELOAD_WORKERS=0`. That module imports the stack in at most `preload_slots(CPUs)` processes per node
   (the first to claim a slot file), so a node with many CPUs does not hold dozens of idle copies of torch.
 """
@@ -23,15 +24,17 @@ log = logging.getLogger(__name__)
 
 PRELOAD_ENV = "AUTOML_PRELOAD_WORKERS"  # "0": worker processes import nothing before their first trial
 PRELOAD_MODULE = "automl.search.preload"
-PRELOAD_SLOTS = 16  # at most this many processes per node import the stack
+PRELOAD_SLOTS = 2  # at most this many processes per node import the stack
 SLOTS_ENV = "AUTOML_PRELOAD_SLOTS_DIR"  # where the slot files live (set by the driver, inherited by Ray's workers)
 COUNT_ENV = "AUTOML_PRELOAD_SLOTS"  # how many (the driver's choice, inherited by Ray's workers)
 
 
 def preload_slots(cpus: int) -> int:
-    """Processes of a node that preload: one per CPU (Ray starts that many workers and places a trial on whichever
-    it picks, so every one of them should be ready), at most PRELOAD_SLOTS (a node of many CPUs does not hold
-    dozens of idle copies of torch)."""
+    """Processes of a node that preload: PRELOAD_SLOTS (at most one per CPU). Ray starts one worker per CPU before
+    the search asks for any and runs plain tasks on them, such as the probe of `--gpus-per-trial auto`; Ray Tune's
+    trial actors are not placed on them (Tune gives its actors a runtime environment, `PL_DISABLE_FORK`, and Ray starts
+    new worker processes for that environment: seen with Ray 2.60), so more preloaded processes would only cost
+    memory and CPU while the search starts."""
     return max(1, min(PRELOAD_SLOTS, cpus))
 
 
