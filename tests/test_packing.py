@@ -74,3 +74,21 @@ def test_probe_measures_a_few_training_steps_on_the_cpu(tiny_spec, tmp_path) -> 
     m = measure_training(spec, steps=2, warmup=1).to_dict()
     assert m["steps"] == 2 and m["img_per_s"] > 0 and m["step_s"] > 0 and m["cpu_cores"] >= 0
     assert m["gpu_busy"] is None and m["peak_memory_bytes"] is None  # CPU: nothing to pack
+
+
+def test_auto_on_a_cluster_without_gpus_keeps_cpu_trials_and_with_gpus_follows_the_probe(monkeypatch) -> None:
+    import ray
+    from types import SimpleNamespace
+
+    from automl.search import packing
+
+    opts = SimpleNamespace(gpus_per_trial="auto", cpus_per_trial=1.0, num_trials=12)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(packing, "probe_on_gpu", lambda *a: pytest.fail("probed a cluster without GPUs"))
+    assert packing.resolve_packing(object(), None, opts, "/cache") is None  # CPU trials, as before
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
+    monkeypatch.setattr(packing, "probe_on_gpu", lambda *a: probe(busy=0.3))
+    choice = packing.resolve_packing(object(), None, opts, "/cache")
+    assert choice.trials_per_gpu == 4 and choice.to_dict()["probe"]["gpu_busy"] == 0.3
+    assert packing.resolve_packing(object(), None, SimpleNamespace(gpus_per_trial=0.5), "/cache") is None

@@ -370,7 +370,7 @@ class AutoMLConfig:
     mode: Optional[str] = None  # min | max; inferred from the objective when not given
     num_trials: int = 8
     max_concurrent: Optional[int] = None  # default: as many as the cluster's resources hold
-    gpus_per_trial: Optional[float] = None  # default: 1 when GPUs exist, else 0
+    gpus_per_trial: Optional[float] = None  # default: chosen by a probe when GPUs exist (--gpus-per-trial auto), else 0
     cpus_per_trial: float = 1.0
     scheduler: str = "asha"
     sampler: str = "tpe"  # tpe | random | gp (Bayesian, Gaussian process) | grid (every combination of choices)
