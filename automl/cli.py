@@ -137,9 +137,10 @@ def _run_configure(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("search (each also settable in the spec's automl section)")
     g.add_argument("--num-trials", type=int, help="number of trials (automl.num_trials)")
     g.add_argument("--max-concurrent", type=int, help="trials at a time (default: what the cluster holds)")
-    g.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions pack small encoders on one GPU, "
-                                                        "2/4/8 run each trial as DDP over that many GPUs "
-                                                        "(default 1 with GPUs, else 0)")
+    g.add_argument("--gpus-per-trial", type=_gpus_per_trial, metavar="N|auto",
+                   help="GPUs per trial; fractions pack small encoders on one GPU, 2/4/8 run each trial as DDP over "
+                        "that many GPUs; auto (the default) probes one trial on a GPU and packs 1, 2, 4 or 8 trials "
+                        "per GPU (0 on CPUs)")
     g.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
     g.add_argument("--scheduler", choices=("asha", "hyperband", "median", "none"),
                    help="early stopping of losing trials (default asha)")
@@ -153,6 +154,16 @@ def _run_configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--storage-path", metavar="PATH", help="Ray Tune storage; shared by all nodes on a cluster")
     g.add_argument("--resume", action="store_true", help="continue the search in the spec's results_dir")
     g.add_argument("--seed", type=int, help="sampler seed (automl.seed)")
+
+
+def _gpus_per_trial(value: str) -> float | str:
+    """`--gpus-per-trial`: a number of GPUs, or auto."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GPUs (0.25, 1, 2) or auto, found {value!r}") from None
 
 
 def _run_run(args: argparse.Namespace) -> int:
@@ -186,7 +197,7 @@ def _check_search_flags(opts) -> None:
         raise UserError(f"--num-trials: expected at least 1, found {opts.num_trials}")
     if opts.max_concurrent is not None and opts.max_concurrent < 1:
         raise UserError(f"--max-concurrent: expected at least 1, found {opts.max_concurrent}")
-    if opts.gpus_per_trial is not None and opts.gpus_per_trial < 0:
+    if isinstance(opts.gpus_per_trial, (int, float)) and opts.gpus_per_trial < 0:
         raise UserError(f"--gpus-per-trial: expected >= 0, found {opts.gpus_per_trial}")
     if opts.cpus_per_trial <= 0:
         raise UserError(f"--cpus-per-trial: expected > 0, found {opts.cpus_per_trial}")

@@ -153,6 +153,22 @@ def search_command(args: argparse.Namespace, spec_file: Path) -> list[str]:
     return cmd
 
 
+MARKS = ("checked:", "--gpus-per-trial auto", "[search] start")  # CLI lines whose time the run records
+
+
+def _copy_marking(stream: Any, log: Any, marks: list[tuple[float, str]], launched: float) -> None:
+    """Copy the CLI's output to `log`; record (seconds after launch, line) of the first line of each MARKS kind
+    and of every `checked:` line (where the search's start-up goes)."""
+    seen: set[str] = set()
+    for line in stream:
+        log.write(line)
+        kind = next((m for m in MARKS if line.startswith(m)), None)
+        if kind and (kind == "checked:" or kind not in seen):
+            seen.add(kind)
+            marks.append((round(time.time() - launched, 2), line.strip()[:300]))
+    log.flush()
+
+
 def run_search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Generate the frames, run the CLI in `args.repo` while sampling the GPU; what happened, with timestamps."""
     sys.path.insert(0, str(REPO))
@@ -173,19 +189,24 @@ def run_search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     sampler = GpuSampler(args.period).start() if not args.smoke else None
     log_path = work / "automl_run.log"
     launched = time.time()
+    marks: list[tuple[float, str]] = []
     with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, cwd=str(repo), env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=str(repo), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1)
+        reader = threading.Thread(target=_copy_marking, args=(proc.stdout, log, marks, launched), daemon=True)
+        reader.start()
         try:
             rc = proc.wait(timeout=args.timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             rc = proc.wait()
+        reader.join(10)
     ended = time.time()
     if sampler is not None:
         time.sleep(args.period)
         sampler.stop()
     return {"command": " ".join(cmd), "repo": str(repo), "rc": rc, "launched": launched, "ended": ended,
-            "data_s": data_s, "results": str(results), "log": str(log_path),
+            "data_s": data_s, "results": str(results), "log": str(log_path), "log_marks": marks,
             "samples": sampler.samples if sampler else [], "gpus": sampler.gpu_names if sampler else [],
             "sampler": sampler.source if sampler else None}
 
@@ -219,6 +240,7 @@ def trials_of(results: Path, num_epochs: int) -> list[dict[str, Any]]:
             "fit_ended_at": fit_start + fit["wall_time_s"] if fit_start and fit.get("wall_time_s") else last_report,
             "last_report_at": last_report,
             "startup_s": first_step - started if first_step and started else None,
+            **{k: first.get(k) for k in ("preloaded", "startup_imports_s", "startup_spec_s", "startup_tracking_s")},
             "status": status, "ran_all_epochs": (t.get("epochs") or 0) >= num_epochs})
     return sorted(out, key=lambda r: r["trial_started_at"] or r["fit_started_at"] or 0)
 
@@ -270,6 +292,20 @@ def fatal_errors(paths: Sequence[str]) -> list[str]:
     return hits
 
 
+def _first(trials: list[dict[str, Any]], key: str, start: float) -> Optional[float]:
+    """Seconds from the CLI's start to the earliest `key` of any trial (None when no trial has it)."""
+    times = [t[key] for t in trials if t.get(key)]
+    return round(min(times) - start, 1) if times else None
+
+
+def _packing(results: Path) -> Optional[dict[str, Any]]:
+    """What `--gpus-per-trial auto` chose (summary.json `packing`), or None."""
+    try:
+        return json.loads((results / "summary.json").read_text()).get("packing")
+    except (OSError, ValueError):
+        return None
+
+
 def analyse(run: dict[str, Any], num_epochs: int, n_gpus: int,
             trials: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
     """The numbers, over the search's wall time: from the CLI's start to the end of its last trial (the winner's
@@ -297,6 +333,9 @@ def analyse(run: dict[str, Any], num_epochs: int, n_gpus: int,
         "gpu_busy_after_60s": busy(samples, start + SKIP_S, end),
         "first_gpu_activity_s": round(first_busy - start, 1) if first_busy else None,
         "first_trial_step_s": round(min(first_steps) - start, 1) if first_steps else None,
+        "first_trial_started_s": _first(trials, "trial_started_at", start),
+        "first_fit_started_s": _first(trials, "fit_started_at", start),
+        "packing": _packing(Path(run["results"])),
         "startup_cold_s": _stats(cold), "startup_warm_s": _stats(warm),
         "idle_gaps": {"count": len(gaps), "total_s": round(sum(g[1] for g in gaps), 1),
                       "longest_s": max((g[1] for g in gaps), default=0.0), "gaps": gaps},
@@ -364,7 +403,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     ap.add_argument("--repo", default=str(REPO), help="checkout whose automl/trainer run the search")
     ap.add_argument("--encoder", default="vits")
     ap.add_argument("--trials", type=int, default=12)
-    ap.add_argument("--gpus-per-trial", type=float, default=0.25)
+    ap.add_argument("--gpus-per-trial", default="0.25", help="a number, or auto (the probe's packing)")
     ap.add_argument("--max-concurrent", type=int)
     ap.add_argument("--frames", type=int, default=600)
     ap.add_argument("--frame-size", default="240x320")
@@ -384,7 +423,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if args.reanalyse:
         return reanalyse(Path(args.reanalyse), Path(args.out))
     if args.smoke:
-        args.trials, args.gpus_per_trial, args.max_concurrent, args.frames = 3, 0.0, 2, 24
+        args.trials, args.gpus_per_trial, args.max_concurrent, args.frames = 3, "0", 2, 24
         args.frame_size, args.crop, args.epochs, args.grace, args.batch = "64x80", "56x70", 2, 1, 2
         args.steps, args.workers, args.timeout = 3, 0, min(args.timeout, 600.0)
     out = Path(args.out)
@@ -420,10 +459,12 @@ def _save_and_show(result: dict[str, Any], out: Path) -> dict[str, Any]:
     a = result["analysis"]
     show = {k: a[k] for k in ("search_wall_s", "cli_exit_s", "cli_rc", "gpu_busy", "gpu_busy_after_60s",
                               "first_gpu_activity_s",
+                              "first_trial_started_s", "first_fit_started_s",
                               "first_trial_step_s", "startup_cold_s", "startup_warm_s", "trials", "epochs",
                               "worker_processes", "trials_per_gpu_hour", "epochs_per_gpu_hour",
                               "fatal_python_error_in", "trials_all_epochs", "trials_all_epochs_not_success")}
     show["idle_gaps"] = {k: v for k, v in a["idle_gaps"].items() if k != "gaps"}
+    show["packing"] = (a.get("packing") or {}).get("reason")
     print(f"== {label}: rc {run['rc']}, GPUs {run['gpus'] or 'none'}\n   {run['command']}")
     print(json.dumps(show, indent=1, default=str))
     return result

@@ -418,3 +418,92 @@ def test_evaluate_batch_size_overrides_the_split(tmp_path: Path) -> None:
     spec.evaluate.batch_size = 3
     loader = build_dataloader(spec, "test_dataset", train=False)
     assert loader.batch_size == 3 and not loader.drop_last and len(loader) == 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# frame cache (decoded frames shared by the runs of a node)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _cached_spec(tmp_path: Path, cache: Path, **dataset: Any):
+    ann = make_source(tmp_path / "data", [mm(30 + 2 * i, 40, 1000 + 100 * i) for i in range(5)])
+    val = make_source(tmp_path / "data", [mm(30, 40, 2000)] * 3, name="val.txt")
+    return make_spec({"train_dataset": [(ann, "NYUDV2")], "val_dataset": [(val, "NYUDV2")]}, min_depth=0.1,
+                     max_depth=10, frame_cache_dir=str(cache), **dataset)
+
+
+def _items(spec: Any, split: str, train: bool) -> list[dict]:
+    torch.manual_seed(7)  # workers=0: augmentation draws from torch's global generator
+    return list(build_dataloader(spec, split, train=train, seed=3))
+
+
+def _same_batches(a: list[dict], b: list[dict]) -> bool:
+    return len(a) == len(b) and all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in ("image", "depth",
+                                                                                            "valid", "index"))
+
+
+def test_second_build_reads_the_frame_cache_and_gives_identical_samples(tmp_path: Path, monkeypatch) -> None:
+    from trainer.data.datasets import MonoDataset
+
+    cache = tmp_path / "cache"
+    spec = _cached_spec(tmp_path, cache)
+    plain = _cached_spec(tmp_path, cache)
+    plain.dataset.frame_cache_dir = None
+    expected = {s: _items(plain, s, s == "train_dataset") for s in ("train_dataset", "val_dataset")}
+    first = {s: _items(spec, s, s == "train_dataset") for s in ("train_dataset", "val_dataset")}
+    files = sorted(cache.glob("frames-*.bin"))
+    assert len(files) == 2  # one per annotation file
+
+    def no_files(self: Any, i: int) -> Any:
+        raise AssertionError(f"read sample {i} from its files although it is cached")
+
+    monkeypatch.setattr(MonoDataset, "read_files", no_files)
+    second = {s: _items(spec, s, s == "train_dataset") for s in ("train_dataset", "val_dataset")}
+    for s in expected:
+        assert _same_batches(first[s], expected[s]) and _same_batches(second[s], expected[s])
+    assert sorted(cache.glob("frames-*.bin")) == files
+
+
+def test_changed_data_gets_a_new_frame_cache(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    spec = _cached_spec(tmp_path, cache)
+    build_dataset(spec, "train_dataset", train=True)
+    write_depth(tmp_path / "data" / "depth" / "0.png", mm(30, 40, 3000))  # same size, new content and mtime
+    import os
+    os.utime(tmp_path / "data" / "depth" / "0.png", ns=(1, 1))
+    ds = build_dataset(spec, "train_dataset", train=True)
+    assert len(list(cache.glob("frames-*.bin"))) == 2
+    assert ds.datasets[0].load(0)[1].max() == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_bad_or_partial_frame_cache_is_rebuilt(tmp_path: Path, damage: str) -> None:
+    cache = tmp_path / "cache"
+    spec = _cached_spec(tmp_path, cache)
+    plain = _cached_spec(tmp_path, cache)
+    plain.dataset.frame_cache_dir = None
+    build_dataset(spec, "train_dataset", train=True)
+    (path,) = cache.glob("frames-*.bin")
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"not a cache" * 10, "empty": b""}[damage])
+    assert _same_batches(_items(spec, "train_dataset", True), _items(plain, "train_dataset", True))
+    assert path.read_bytes() == data
+
+
+def test_frame_cache_over_its_limit_reads_the_files(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    spec = _cached_spec(tmp_path, cache, frame_cache_max_gib=1e-6)  # about 1 KiB: no frame fits
+    ds = build_dataset(spec, "train_dataset", train=True)
+    assert ds.datasets[0].frame_cache is None and not list(cache.glob("frames-*.bin"))
+    assert ds[0]["image"].shape == (3, *CROP)
+
+
+def test_unreadable_sample_is_not_cached_and_still_skipped(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    spec = _cached_spec(tmp_path, cache, on_bad_sample="skip")
+    truncate(tmp_path / "data" / "rgb" / "2.jpg", 0.6)
+    ds = build_dataset(spec, "train_dataset", train=True)
+    part = ds.datasets[0]
+    assert part.frame_cache is not None and part.frame_cache.cached == 4 and part.frame_cache.get(2) is None
+    item = ds[2]
+    assert item["index"] != 2 and ds.skipped == {UNREADABLE: 1}

@@ -426,3 +426,4 @@ def test_fractional_gpus_pack_several_trials_on_each_gpu(synth_data, tmp_path, r
     assert sorted(per_gpu.values()) == [2] * gpus, per_gpu
     # and they trained at the same time: every trial started before any finished
     assert max(f["started_at"] for f in fits) < min(f["started_at"] + f["wall_time_s"] for f in fits), fits
+

@@ -59,6 +59,8 @@ class RunRecorder(pl.Callback):
 
     # ---- checkpoint state: the MLflow run id and the history survive a resume -------------------------------
     def state_dict(self) -> dict[str, Any]:
+        if self.mlflow is not None:
+            self.mlflow.wait_started()
         return {"mlflow_run_id": self.mlflow.run_id if self.mlflow else None, "history": self.history}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -75,9 +77,7 @@ class RunRecorder(pl.Callback):
                 if self.restored_run_id and not self.mlflow.run_id:
                     self.mlflow.run_id = self.restored_run_id
                 resuming = bool(self.mlflow.run_id)
-                self.mlflow.start()
-                if not resuming:
-                    self.mlflow.log_params(self.params)
+                self.mlflow.start_in_background(None if resuming else self.params)
             self._announce_resume = bool(trainer.ckpt_path)  # loop state is restored after this hook
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -253,6 +253,8 @@ def fit(spec: DictConfig, reporter: Optional[Reporter] = None, *, tracking: Opti
                 weights_only=True)
     if recorder.failure is not None:  # Lightning swallowed an interrupt: never report it as a success
         raise recorder.failure
+    if mlrun is not None:
+        mlrun.wait_started()  # started off the critical path (RunRecorder.on_fit_start)
     result = FitResult(
         results_dir=str(out), monitor=monitor, mode=mode, best_value=_finite(best_cb.best_model_score),
         best_epoch=_best_epoch(recorder.history, monitor, mode), best_checkpoint=best_cb.best_model_path or None,

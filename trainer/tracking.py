@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,7 +203,25 @@ class MlflowRun:
             return set()
 
     # ------------------------------------------------------------------------------------------------------
+    def start_in_background(self, params: Optional[Mapping[str, Any]] = None) -> None:
+        """`start()` (and `log_params(params)` when given) in a thread, off the training's critical path: the
+        first training step does not wait for MLflow. Every later call (and `wait_started`) waits for it first."""
+        def run() -> None:
+            self.start()
+            if params is not None:
+                self.log_params(params)
+
+        self._starting = threading.Thread(target=run, name="mlflow-start", daemon=True)
+        self._starting.start()
+
+    def wait_started(self) -> None:
+        """Wait for a `start_in_background` still running (nothing to wait for otherwise)."""
+        starting = getattr(self, "_starting", None)
+        if starting is not None and starting is not threading.current_thread():
+            starting.join()
+
     def _ready(self) -> bool:
+        self.wait_started()
         return self.cfg.enabled and self._client is not None and self.run_id is not None
 
     def _fail(self, what: str, exc: Exception, stop_on_full_disk: bool = False) -> None:

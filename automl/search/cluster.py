@@ -12,14 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
+from automl.search.packing import wants_auto
 from automl.search.trial import warm_workers_enabled
 from automl.skills.shared import UserError
 
 STORAGE_KEY = "automl.storage_path"
 
 
-def init_ray(address: Optional[str]) -> None:
-    """Join the cluster at `address`, or start a private local Ray on loopback (once per process)."""
+def init_ray(address: Optional[str], system_config: Optional[dict[str, Any]] = None) -> None:
+    """Join the cluster at `address`, or start a private local Ray on loopback (once per process) with
+    `system_config` (Ray's `_system_config`: e.g. the worker preload of automl.search.warmup)."""
     import ray
 
     if ray.is_initialized():
@@ -33,7 +35,7 @@ def init_ray(address: Optional[str]) -> None:
         # that on every run is not repeated
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         with local_ray_on_loopback():  # address=local: never a cluster someone else started on this machine
-            ray.init(address="local", num_cpus=os.cpu_count() or 1, **kwargs)
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, _system_config=system_config or {}, **kwargs)
 
 
 @contextlib.contextmanager
@@ -128,7 +130,7 @@ def plan_resources(opts: Any) -> TrialResources:
     total = ray.cluster_resources()
     gpus = float(total.get("GPU", 0))
     cpus = float(total.get("CPU", 1))
-    gpt = opts.gpus_per_trial if opts.gpus_per_trial is not None else (1.0 if gpus else 0.0)
+    gpt = (1.0 if gpus else 0.0) if wants_auto(opts.gpus_per_trial) else float(opts.gpus_per_trial)
     from automl.testing import testing_ddp_cpu_workers
 
     cpu_workers = testing_ddp_cpu_workers() if gpt == 0 else 0

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,12 +32,14 @@ from omegaconf import DictConfig, OmegaConf
 from automl.search import cluster
 from automl.search.cluster import TrialResources
 from automl.search.guards import GuardedOptunaSearch, build_scheduler
+from automl.search.packing import PackingChoice, resolve_packing
 from automl.search.resume import driver_identity
 from automl.search.space import SearchSpace, load_search_space
 from automl.search.stop import search_interrupted, stop_signals
 from automl.search.stoppers import EpochBudget, SameFailureStopper
 from automl.search.tracking import ParentRun, bound_http_retries, check_tracking_reachable
 from automl.search.trial import TrialContext, run_trial
+from automl.search.warmup import overlap_checks_with_ray, preload_config, with_frame_cache
 from automl.search.winner import finish_search
 from automl.skills.shared import StatusFile, UserError, check_free_space, check_writable, write_json_atomic
 
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 STATE_FILE = "search_state.json"
 EXPERIMENT = "search"
 COMPILE_CACHE = "compile_cache"  # in RESULTS_DIR: torch.compile's caches, shared by the trials (trial.prepare_worker)
+FRAME_CACHE = "frame_cache"  # in RESULTS_DIR: decoded frames, shared by the trials of a node (trainer.data.frame_cache)
+PRELOAD_SLOTS_DIR = ".preload"  # in RESULTS_DIR: which Ray workers import the trainer stack (automl.search.preload)
 
 
 @dataclass
@@ -54,7 +58,7 @@ class SearchOptions:
 
     num_trials: int
     max_concurrent: Optional[int]
-    gpus_per_trial: Optional[float]
+    gpus_per_trial: Optional[float | str]  # "auto" (or None, the default): chosen by a probe on GPUs
     cpus_per_trial: float
     scheduler: str
     grace_period: int
@@ -90,6 +94,9 @@ class SearchOptions:
 class PreparedSearch:
     """What step 1 hands to steps 2 and 3."""
 
+    spec: DictConfig  # the search's spec as every trial starts from it (with the frame cache of the search)
+    options: SearchOptions  # with --gpus-per-trial auto resolved to the probe's choice
+    packing: Optional[PackingChoice]  # the probe's choice and why (None: a number was given, or no GPU)
     results: Path
     storage: Path
     state: dict[str, Any]  # search_state.json (empty before the first run wrote it)
@@ -119,8 +126,8 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
     reserve = reserve_for(results)
     try:
         prep = prepare_search(skill, spec, opts)
-        grid, stopped_all = run_tuner(skill, spec, opts, prep)
-        return finish_search(skill, spec, opts, prep, grid, stopped_all)
+        grid, stopped_all = run_tuner(skill, prep)
+        return finish_search(skill, prep, grid, stopped_all)
     except Exception as exc:
         if isinstance(exc, UserError) or storage_error(exc) is None:
             raise  # a UserError already says what is wrong (a read-only or full results folder found up front too)
@@ -136,12 +143,11 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
 
 
 def prepare_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> PreparedSearch:
-    """Everything before the first trial: refuse in seconds, before Ray starts, what every trial would fail on;
-    then start Ray, open the parent run and record the start (or the resume)."""
+    """Everything before the first trial: refuse in seconds what every trial would fail on (the skill's pre-flight
+    runs while Ray starts, and a failed check stops Ray again); choose the packing (`--gpus-per-trial auto`), open
+    the parent run and record the start (or the resume)."""
     started = time.time()
     results, state, storage = _check_results(skill, spec, opts)
-    for line in skill.preflight(spec):  # what every trial would find wrong in its inputs
-        log.info(f"checked: {line}")
     space_path = opts.search_space or state.get("search_space") or str(skill.default_search_space())
     space = load_search_space(space_path, skill=skill, spec=spec, metric=opts.metric, mode=opts.mode)
     from automl.skills.shared import default_tracking_uri
@@ -152,17 +158,25 @@ def prepare_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> Prepare
     if "://" not in str(opts.storage_path or state.get("storage_path") or ""):
         check_writable(storage)  # a local --storage-path: writable, with room for checkpoints, before Ray starts
 
-    cluster.init_ray(opts.address)
+    spec = with_frame_cache(skill, spec, results / FRAME_CACHE)  # filled by the pre-flight check, read by trials
+    system_config = preload_config(str(results / PRELOAD_SLOTS_DIR), skill.name)
+    for line in overlap_checks_with_ray(lambda: skill.preflight(spec),
+                                        lambda: cluster.init_ray(opts.address, system_config)):
+        log.info(f"checked: {line}")
     storage.mkdir(parents=True, exist_ok=True)
     cluster.check_multinode_storage(storage, tracking_uri, skill.input_paths(spec))
+    packing = resolve_packing(skill, spec, opts, str(results / COMPILE_CACHE))  # --gpus-per-trial auto: a probe
+    if packing is not None:
+        opts = replace(opts, gpus_per_trial=packing.gpus_per_trial)
     parent = ParentRun(tracking_uri, opts.experiment_name, run_name=f"search-{results.name}",
                        run_id=state.get("parent_run_id"))
     parent.start()
-    prep = PreparedSearch(results=results, storage=storage, state=state, space=space, tracking_uri=tracking_uri,
-                          tracking_env=tracking_env, resources=cluster.plan_resources(opts), parent=parent,
+    prep = PreparedSearch(spec=spec, options=opts, packing=packing, results=results, storage=storage, state=state,
+                          space=space, tracking_uri=tracking_uri, tracking_env=tracking_env,
+                          resources=cluster.plan_resources(opts), parent=parent,
                           baseline=_baseline(space, spec, opts.sampler), status=StatusFile(results / "status.json"),
                           num_epochs=int(spec.train.num_epochs), started=started)
-    _record_start(skill, spec, opts, prep, space_path)
+    _record_start(skill, prep, space_path)
     return prep
 
 
@@ -195,13 +209,14 @@ def _baseline(space: SearchSpace, spec: DictConfig, sampler: str) -> dict[str, A
     return baseline
 
 
-def _record_start(skill: Any, spec: DictConfig, opts: SearchOptions, prep: PreparedSearch, space_path: str) -> None:
+def _record_start(skill: Any, prep: PreparedSearch, space_path: str) -> None:
     """A new search writes search_state.json, the parent run's params, spec and search space, and STARTED; a
     resumed one writes STARTED "Search resumed"."""
     if prep.state:
         prep.status.write("STARTED", "Search resumed")
         return
-    results, space, parent, res = prep.results, prep.space, prep.parent, prep.resources
+    spec, opts, results, space, parent, res = prep.spec, prep.options, prep.results, prep.space, prep.parent, \
+        prep.resources
     prep.state = {"parent_run_id": parent.run_id, "tracking_uri": prep.tracking_uri,
                   "storage_path": str(prep.storage), "search_space": str(space_path),
                   "started": time.strftime("%Y-%m-%d %H:%M:%S"), "options": asdict(opts)}
@@ -223,7 +238,7 @@ def _record_start(skill: Any, spec: DictConfig, opts: SearchOptions, prep: Prepa
 # --------------------------------------------------------------------------------------------------------------
 
 
-def run_tuner(skill: Any, spec: DictConfig, opts: SearchOptions, prep: PreparedSearch) -> tuple[Any, bool]:
+def run_tuner(skill: Any, prep: PreparedSearch) -> tuple[Any, bool]:
     """Run the trials (a new Tuner, or the saved one restored for `--resume`); returns Tune's result grid and
     whether the same-failure stopper ended the search. An interrupt (Ctrl-C, SIGTERM) raises the resume hint."""
     from ray import tune
@@ -235,7 +250,7 @@ def run_tuner(skill: Any, spec: DictConfig, opts: SearchOptions, prep: PreparedS
     # bookkeeping (we checkpoint every epoch on purpose)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    res = prep.resources
+    opts, res = prep.options, prep.resources
     table = TrialTable(prep.space, prep.num_epochs)
     same_failure = SameFailureStopper(min(res.concurrent, opts.num_trials))
     stoppers = [same_failure, *([EpochBudget(opts.budget_epochs)] if opts.budget_epochs else [])]
@@ -243,7 +258,7 @@ def run_tuner(skill: Any, spec: DictConfig, opts: SearchOptions, prep: PreparedS
         stop=CombinedStopper(*stoppers), name=EXPERIMENT, storage_path=str(prep.storage),
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1), callbacks=[table], verbose=0)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=_trial_context(skill, spec, opts, prep)),
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=_trial_context(skill, prep)),
                                     res.tune)
     exp_dir = prep.storage / EXPERIMENT
     if opts.resume and tune.Tuner.can_restore(str(exp_dir)):
@@ -258,8 +273,9 @@ def run_tuner(skill: Any, spec: DictConfig, opts: SearchOptions, prep: PreparedS
     return grid, same_failure.stop_all()
 
 
-def _trial_context(skill: Any, spec: DictConfig, opts: SearchOptions, prep: PreparedSearch) -> TrialContext:
+def _trial_context(skill: Any, prep: PreparedSearch) -> TrialContext:
     """What every trial gets besides its sampled values (pickled to the workers once)."""
+    spec, opts = prep.spec, prep.options
     pid, host = driver_identity()
     return TrialContext(
         skill_name=skill.name, base_spec=OmegaConf.to_container(spec, resolve=True),

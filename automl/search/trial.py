@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -84,8 +85,9 @@ def warm_workers_enabled() -> bool:
 
 
 def prepare_worker(ctx: TrialContext) -> dict[str, Any]:
-    """Make this process ready for a trial and say how warm it was: `worker_pid` and `worker_trial` (how many
-    trials this process ran before this one; 0 = a cold start that pays imports, CUDA start-up and compilation).
+    """Make this process ready for a trial and say how warm it was: `worker_pid`, `worker_trial` (how many
+    trials this process ran before this one; 0 = a cold start that pays CUDA start-up and compilation) and
+    `preloaded` (the process imported the trainer stack when Ray started it: automl.search.preload).
 
     The first time, before torch is imported, points torch.compile's caches (Inductor's FX graphs, AOTAutograd,
     Triton's kernels) into `ctx.compile_cache` (a TORCHINDUCTOR_CACHE_DIR already in the environment wins) and lets
@@ -104,7 +106,8 @@ def prepare_worker(ctx: TrialContext) -> dict[str, Any]:
 
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
-    return {"worker_pid": os.getpid(), "worker_trial": index}
+    preload = sys.modules.get("automl.search.preload")
+    return {"worker_pid": os.getpid(), "worker_trial": index, "preloaded": bool(preload and preload._held)}
 
 
 def _trial_index(trial_id: str, trials_dir: str) -> int:
@@ -137,6 +140,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)  # "Checkpoint successfully created" per epoch
     import ray
 
+    # seconds from the trial's start to the end of its imports, of its spec, of its tracking lookup (reports)
+    worker["startup_imports_s"] = round(time.time() - started_at, 2)
     os.environ.update(ctx.tracking_env)  # read by MLflow's HTTP client at each request
     from automl.search.resume import stop_with_driver
 
@@ -152,8 +157,12 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         tune.report({ctx.metric: None, FAIL_KEY: deterministic_failure(exc), "trial_state": TrialState.ERROR})
         return
 
+    worker["startup_spec_s"] = round(time.time() - started_at, 2)
+    # a trial's MLflow run exists only after an earlier attempt made its folder (retried, resumed): a new trial does
+    # not pay for the lookup (MLflow's store costs seconds to open)
     run_id = find_child_run(ctx.tracking_uri, ctx.experiment_name, ctx.parent_run_id, trial_id) \
-        if ctx.tracking_uri and ctx.parent_run_id else None
+        if ctx.tracking_uri and ctx.parent_run_id and out.exists() else None
+    worker["startup_tracking_s"] = round(time.time() - started_at, 2)
     tracking = TrackingConfig(uri=ctx.tracking_uri, experiment_name=ctx.experiment_name, run_name=trial_id,
                               parent_run_id=ctx.parent_run_id, run_id=run_id,
                               tags={TRIAL_TAG: trial_id, **searched_tag(config)},
@@ -457,6 +466,4 @@ def _leave_process_group() -> None:
 
 
 if __name__ == "__main__":  # a child rank of a DDP trial (see _run_distributed)
-    import sys
-
     sys.exit(_child_rank(sys.argv[1]))

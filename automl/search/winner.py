@@ -49,12 +49,11 @@ class TrialRecord:
         self.state = TrialState(self.state)
 
 
-def finish_search(skill: Any, spec: DictConfig, opts: "SearchOptions", prep: "PreparedSearch", grid: Any,
-                  stopped_all: bool) -> dict[str, Any]:
+def finish_search(skill: Any, prep: "PreparedSearch", grid: Any, stopped_all: bool) -> dict[str, Any]:
     """Step 3 of a search: records, summary.json, MLflow outcomes, the winner finalised, the leaderboard and the
     report; status.json's last line. Raises `UserError` (after writing all of that) when no trial is usable.
     `stopped_all`: the search was ended by the same-failure stopper."""
-    results, space, parent = prep.results, prep.space, prep.parent
+    spec, opts, results, space, parent = prep.spec, prep.options, prep.results, prep.space, prep.parent
     records = collect_trials(grid, space, prep.num_epochs, prep.baseline)
     for r in records:
         r.results_dir = str(results / "trials" / r.trial_id)
@@ -109,6 +108,7 @@ def build_summary(skill: Any, opts: "SearchOptions", prep: "PreparedSearch", rec
         "optuna_storage": f"sqlite:///{results / 'optuna.db'}",
         "wall_time_s": round(time.time() - prep.started, 1),
         "gpu_hours": round(sum(_trial_seconds(r) for r in records) * res.per_trial["gpu"] / 3600, 4),
+        "packing": prep.packing.to_dict() if prep.packing else None,  # --gpus-per-trial auto: the choice and why
     }
 
 

@@ -63,6 +63,16 @@ class Skill(ABC):
         `timings` gets `first_step_at` (wall clock) when the first training step starts. Raises
         `NonFiniteLossError` on a diverged run, a `UserError` on bad input."""
 
+    def warm_imports(self) -> tuple[str, ...]:
+        """Modules a training run imports before its first step (a search preloads them in idle Ray workers)."""
+        return ()
+
+    def probe_training(self, spec: DictConfig, steps: int, warmup: int) -> Optional[Mapping[str, Any]]:
+        """A few training steps of `spec` measured for `--gpus-per-trial auto` (automl.search.packing): `img_per_s`,
+        `gpu_busy` (0..1), `peak_memory_bytes`, `total_memory_bytes`, `cpu_cores`. None: this skill cannot probe,
+        and the search keeps one trial per GPU."""
+        return None
+
     @abstractmethod
     def print_fit_summary(self, spec: DictConfig, result: Any) -> None:
         """What a plain run (`automl off`) prints when training ends: where its results are."""

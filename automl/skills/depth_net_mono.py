@@ -146,6 +146,14 @@ class DepthNetMono(Skill):
 
         return predict_samples(spec_file, checkpoint, num_images)
 
+    def warm_imports(self) -> tuple[str, ...]:
+        return ("pytorch_lightning", "timm", "trainer.fit", "trainer.module", "trainer.model", "trainer.data")
+
+    def probe_training(self, spec: DictConfig, steps: int, warmup: int) -> Optional[Mapping[str, Any]]:
+        from trainer.probe import measure_training
+
+        return measure_training(spec, steps=steps, warmup=warmup).to_dict()
+
     def print_fit_summary(self, spec: DictConfig, result: Any) -> None:
         last = result.history[-1] if result.history else {}
         shown = "  ".join(f"{k}={v:.4g}" for k, v in last.items() if k not in ("epoch", "lr"))

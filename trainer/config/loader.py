@@ -392,6 +392,8 @@ def _check_depth_range(spec: DictConfig, action: Optional[str], P: list[SpecProb
             origin_of("dataset.on_bad_sample"))
     if d.min_valid_pixels < 1:
         bad("dataset.min_valid_pixels", f"found {d.min_valid_pixels}, expected >= 1")
+    if not d.frame_cache_max_gib > 0:
+        bad("dataset.frame_cache_max_gib", f"found {d.frame_cache_max_gib}, expected a size in GiB > 0")
 
 
 def _check_augmentation(a: Any, base: str, P: list[SpecProblem], bad: Bad, origin_of) -> None:

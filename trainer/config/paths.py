@@ -20,7 +20,7 @@ PATH_LEAVES: frozenset[str] = frozenset({
     "results_dir", "data_file", "data_root", "pretrained_path", "depth_anything_v2_pretrained_path",
     "edgenext_pretrained_path", "resume_training_checkpoint_path", "pretrained_model_path", "checkpoint",
     "trt_engine", "onnx_file", "timing_cache", "search_space", "storage_path", "cal_cache_file", "cal_image_dir",
-    "cal_data_file", "model_path", "images_dir",
+    "cal_data_file", "model_path", "images_dir", "frame_cache_dir",
 })
 # leaf key names whose value is a URI that may hold a relative sqlite path
 URI_LEAVES: frozenset[str] = frozenset({"tracking_uri"})

@@ -180,6 +180,8 @@ class DatasetConfig:
     max_depth: Optional[float] = None
     on_bad_sample: str = "error"  # (ours) error | skip (skipped samples are counted and reported)
     min_valid_pixels: int = 10  # (ours) a sample with fewer valid depth pixels is skipped and counted
+    frame_cache_dir: Optional[str] = None  # (ours) decoded frames cached here, shared by the runs of a node
+    frame_cache_max_gib: float = 32.0  # (ours) a split's source larger than this is read from its files
     train_dataset: DatasetSplitConfig = field(default_factory=DatasetSplitConfig)
     val_dataset: DatasetSplitConfig = field(default_factory=DatasetSplitConfig)
     test_dataset: DatasetSplitConfig = field(default_factory=DatasetSplitConfig)
@@ -368,7 +370,7 @@ class AutoMLConfig:
     mode: Optional[str] = None  # min | max; inferred from the objective when not given
     num_trials: int = 8
     max_concurrent: Optional[int] = None  # default: as many as the cluster's resources hold
-    gpus_per_trial: Optional[float] = None  # default: 1 when GPUs exist, else 0
+    gpus_per_trial: Optional[float] = None  # default: chosen by a probe when GPUs exist (--gpus-per-trial auto), else 0
     cpus_per_trial: float = 1.0
     scheduler: str = "asha"
     sampler: str = "tpe"  # tpe | random | gp (Bayesian, Gaussian process) | grid (every combination of choices)

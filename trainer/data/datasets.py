@@ -24,6 +24,8 @@ workers found. A construction check reads a bounded number of ground-truth maps 
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import os
 import random
 from collections import Counter
@@ -36,6 +38,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from trainer.data.annotations import Sample, describe_missing, missing_files, read_annotation_file
+from trainer.data.frame_cache import FrameCache
 from trainer.data.depth_io import INTEGER_KINDS, check_depth_matches_image, image_size, read_depth, read_image
 from trainer.data.transforms import EvalTransform, TrainTransform
 from trainer.errors import DataError, SpecError, SpecProblem
@@ -45,6 +48,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 PROBE_ALL_BELOW = 200  # construction check: every sample when fewer, else a random PROBE_SAMPLE of them
 PROBE_SAMPLE = 50
 MAX_SUBSTITUTIONS = 50  # a training item gives up after this many consecutive bad samples
+FRAME_CACHE_VERSION = 1  # part of the frame cache's key: raise when load()'s output changes
 
 # skip reasons
 TOO_FEW_VALID = "too_few_valid_pixels"
@@ -131,6 +135,7 @@ class MonoDataset(Dataset):
             s = next(s for s in self.samples if s.depth is None)
             raise DataError(f"{s.where}: found only an image path; expected '<image> <depth>' ({self.name} needs "
                             f"ground truth on every line)")
+        self.frame_cache: Optional[FrameCache] = None
         if probe:
             self._probe()
 
@@ -187,7 +192,13 @@ class MonoDataset(Dataset):
         return target, valid, stats
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(rgb uint8 [H, W, 3], target, valid) of sample `i`, untransformed. Raises DataError for a bad file."""
+        """(rgb uint8 [H, W, 3], target, valid) of sample `i`, untransformed: from the frame cache when it holds
+        the sample (`use_frame_cache`), else from the files. Raises DataError for a bad file."""
+        cached = self.frame_cache.get(i) if self.frame_cache is not None else None
+        return cached if cached is not None else self.read_files(i)
+
+    def read_files(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`load(i)` from the image and depth files. Raises DataError for a bad file."""
         s = self.samples[i]
         rgb = read_image(s.image)
         target, valid, _ = self.read_target(s, rgb.shape[:2])
@@ -204,7 +215,8 @@ class MonoDataset(Dataset):
             idx = sorted(np.random.default_rng([self.seed, n]).choice(n, PROBE_SAMPLE, replace=False).tolist())
         checked, usable, seen = 0, 0, []
         for i in idx:
-            if self.is_bad(i):
+            if self.is_bad(i) or self._cached_usable(i):
+                usable += not self.is_bad(i)
                 continue
             s = self.samples[i]
             try:
@@ -224,6 +236,38 @@ class MonoDataset(Dataset):
                 self._mark_bad(i, TOO_FEW_VALID, f"{stats['valid']} valid pixels")
         if usable == 0:
             raise DataError(self._nothing_valid_message(checked, len(list(idx)), seen))
+
+    def _cached_usable(self, i: int) -> bool:
+        """True when the frame cache holds sample `i` with enough valid pixels (the probe need not read it)."""
+        frame = self.frame_cache.get(i) if self.frame_cache is not None else None
+        return frame is not None and int(frame[2].sum()) >= self.min_valid_pixels
+
+    def cache_key(self) -> str:
+        """What the decoded frames depend on: the class and its conversion settings, the annotation file's path
+        and content, and each listed file's path, size and modification time."""
+        files = []
+        for s in self.samples:
+            for p in (s.image, s.depth):
+                try:
+                    st = os.stat(p)  # type: ignore[arg-type]
+                    files.append([str(p), st.st_size, st.st_mtime_ns])
+                except OSError:
+                    files.append([str(p), None, None])
+        try:
+            listing = hashlib.sha256(Path(self.annotation_file).read_bytes()).hexdigest()
+        except OSError:
+            listing = None
+        what = [FRAME_CACHE_VERSION, self.name, self.train, self.depth_scale, self.gt_type, self.min_depth,
+                self.max_depth, str(self.annotation_file), listing, files]
+        return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:32]
+
+    def use_frame_cache(self, folder: Path, max_bytes: int, threads: int = 4) -> bool:
+        """Read decoded frames from the node-wide cache in `folder` (built by the first process that asks; see
+        trainer.data.frame_cache). False when the frames do not fit (`max_bytes`, free space): files are read."""
+        self.frame_cache = FrameCache.open_or_build(
+            folder, self.cache_key(), len(self.samples), self.read_files, lambda i: image_size(self.samples[i].image),
+            max_bytes=max_bytes, threads=threads)
+        return self.frame_cache is not None
 
     def _nothing_valid_message(self, checked: int, tried: int, stats: list[dict]) -> str:
         head = (f"{self.key} ({self.name}, {self.annotation_file}): none of the {tried} samples checked has at "
@@ -516,12 +560,16 @@ def build_dataset(spec: Any, split: str, train: bool) -> Dataset:
         key = f"dataset.{split}.data_sources.{i}"
         cls = dataset_class(src.dataset_name, f"{key}.dataset_name")
         samples, n_missing = _read_samples(Path(src.data_file), d.on_bad_sample, key)
-        parts.append(cls(samples, train=train, transform=transform, depth_scale=src.depth_scale,
-                         gt_type=src.gt_type, min_depth=d.min_depth, max_depth=d.max_depth,
-                         min_valid_pixels=d.min_valid_pixels, on_bad_sample=d.on_bad_sample, seed=seed + i,
-                         key=key, annotation_file=Path(src.data_file)))
-        if n_missing:
-            parts[-1].missing_files = n_missing
+        part = cls(samples, train=train, transform=transform, depth_scale=src.depth_scale, gt_type=src.gt_type,
+                   min_depth=d.min_depth, max_depth=d.max_depth, min_valid_pixels=d.min_valid_pixels,
+                   on_bad_sample=d.on_bad_sample, seed=seed + i, key=key, annotation_file=Path(src.data_file),
+                   probe=False)
+        if d.frame_cache_dir:
+            part.use_frame_cache(Path(d.frame_cache_dir), int(float(d.frame_cache_max_gib) * 2**30),
+                                 threads=max(1, min(int(cfg.workers), os.cpu_count() or 1)))
+        part._probe()
+        part.missing_files = n_missing
+        parts.append(part)
     return ConcatDepthDataset(parts)
 
 

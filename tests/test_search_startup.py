@@ -1,0 +1,85 @@
+"""A search's start-up (automl.search.warmup, automl.search.preload): Ray starts while the inputs are checked, Ray's
+worker processes import the trainer stack before the first trial, the trials share one decoded-frame cache."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from automl.search.warmup import overlap_checks_with_ray, preload_config, with_frame_cache
+
+
+def test_checks_run_while_ray_starts_and_a_failed_check_wins(monkeypatch) -> None:
+    import ray
+
+    started = time.time()
+    lines = overlap_checks_with_ray(lambda: (time.sleep(0.5), ["data ok"])[1], lambda: time.sleep(0.5))
+    assert lines[0] == "data ok" and time.time() - started < 0.9  # side by side, not one after the other
+    assert lines[1].startswith("Ray started in 0.5 s beside these checks (0.5 s)")
+
+    def bad_data() -> list[str]:
+        raise ValueError("dataset.train_dataset: annotation file not found")
+
+    def bad_ray() -> None:
+        raise RuntimeError("ray.init failed")
+
+    shut = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "shutdown", lambda: shut.append(1))
+    with pytest.raises(ValueError, match="annotation file"):
+        overlap_checks_with_ray(bad_data, lambda: None)
+    assert shut == [1]  # Ray, started for nothing, is shut down again
+    with pytest.raises(ValueError, match="annotation file"):
+        overlap_checks_with_ray(bad_data, bad_ray)  # the user's input error first
+    with pytest.raises(RuntimeError, match="ray.init failed"):
+        overlap_checks_with_ray(lambda: [], bad_ray)
+
+
+def test_preload_config_and_its_switch(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("AUTOML_PRELOAD_SLOTS_DIR", raising=False)
+    monkeypatch.delenv("AUTOML_PRELOAD_SLOTS", raising=False)
+    monkeypatch.delenv("AUTOML_PRELOAD_SKILL", raising=False)
+    monkeypatch.setenv("AUTOML_PRELOAD_WORKERS", "0")
+    assert preload_config(str(tmp_path), "depth_net_mono") == {}
+    monkeypatch.setenv("AUTOML_PRELOAD_WORKERS", "1")
+    assert preload_config(str(tmp_path), "depth_net_mono") == {"preload_python_modules": ["automl.search.preload"]}
+    import os
+    assert os.environ["AUTOML_PRELOAD_SLOTS_DIR"] == str(tmp_path)  # inherited by the local Ray's workers
+    assert os.environ["AUTOML_PRELOAD_SKILL"] == "depth_net_mono"
+    from automl.search.warmup import preload_slots
+    assert [preload_slots(n) for n in (1, 2, 16, 128)] == [1, 2, 2, 2]
+
+
+def test_only_the_first_processes_of_a_node_claim_a_preload_slot(tmp_path: Path) -> None:
+    from automl.search.preload import claim_slot
+
+    assert [claim_slot(str(tmp_path), slots=2) for _ in range(3)] == [0, 1, None]
+    # another process finds both slots held by this one
+    code = f"from automl.search.preload import claim_slot; print(claim_slot({str(tmp_path)!r}, slots=2))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "None"
+
+
+def test_preloading_imports_the_trainer_without_touching_the_gpu(tmp_path: Path) -> None:
+    code = ("import os, sys, automl.search.preload as p; import torch; "
+            "print('trainer.fit' in sys.modules, torch.cuda.is_initialized(), "
+            "os.environ.get('TORCHINDUCTOR_CACHE_DIR'))")
+    env = {**__import__("os").environ, "AUTOML_PRELOAD_SLOTS_DIR": str(tmp_path)}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.split() == ["True", "False", "None"]
+
+
+def test_search_spec_gets_the_shared_frame_cache_unless_it_names_one(tmp_path: Path) -> None:
+    from automl.skills import get_skill
+    from trainer.config import build_spec
+
+    skill = get_skill("depth_net_mono")
+    spec = build_spec({"dataset": {"min_depth": 0.1, "max_depth": 10}}, notice=lambda _m: None, check_files=False)
+    assert with_frame_cache(skill, spec, tmp_path / "fc").dataset.frame_cache_dir == str(tmp_path / "fc")
+    spec.dataset.frame_cache_dir = str(tmp_path / "mine")
+    assert with_frame_cache(skill, spec, tmp_path / "fc").dataset.frame_cache_dir == str(tmp_path / "mine")
