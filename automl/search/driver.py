@@ -38,6 +38,7 @@ from automl.search.stop import search_interrupted, stop_signals
 from automl.search.space import SearchSpace, load_search_space
 from automl.search.tracking import ParentRun, bound_http_retries, check_tracking_reachable
 from automl.search.trial import TrialContext, run_trial, warm_workers_enabled
+from automl.search.trial_errors import describe_error
 from trainer.callbacks import StatusFile
 from trainer.errors import UserError, first_line
 from trainer.records import write_json_atomic
@@ -287,8 +288,7 @@ def collect_trials(grid: Any, space: SearchSpace, num_epochs: int, baseline: Map
         elif unreadable is not None:
             state, reason = TrialState.ERROR, unreadable
         elif res.error is not None:
-            lines = [line for line in str(res.error).splitlines() if line.strip()]
-            state, reason = TrialState.ERROR, f"{type(res.error).__name__}: {(lines[-1].strip() if lines else '')[:300]}"
+            state, reason = TrialState.ERROR, describe_error(res.error)
         elif epochs >= num_epochs:
             state, reason = TrialState.COMPLETED, None
         else:
@@ -451,13 +451,15 @@ def _run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, 
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), res.tune)
 
     from automl.search.progress import TrialTable
+    from automl.search.trial_errors import quiet_ray_trial_errors
 
     # our trial table replaces Tune's console reporter; Tune's snapshot-frequency warning is about its own
     # bookkeeping (we checkpoint every epoch on purpose)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    quiet_ray_trial_errors()  # one line per failed attempt from the table, not Ray's traceback each time
 
-    table = TrialTable(space, num_epochs)
+    table = TrialTable(space, num_epochs, trials_dir=results / "trials")
     same_failure = SameFailureStopper(min(concurrent, opts.num_trials))
     stoppers = [same_failure]
     if opts.budget_epochs:
