@@ -79,20 +79,26 @@ class TrialTable(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
         row["state"] = TrialState.ERROR
-        failure = self.errors.record(trial)
+        failure = self._errors().record(trial)
         row["reason"] = failure.message
         said, log = _failure_words(failure)
         self._failure_line(f"[search] error     {trial.trial_id}  {said} (traceback: {log}); "
                            f"gave up after {failure.attempt} attempt(s)")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        failure = self.errors.record(trial)
+        failure = self._errors().record(trial)
         limit = getattr(trial, "max_failures", -1)
         of = f" of {limit + 1}" if isinstance(limit, int) and limit >= 0 else ""
         start = "its last checkpoint" if _has_checkpoint(trial) else "the start"
         said, log = _failure_words(failure)
         self._failure_line(f"[search] retry     {trial.trial_id}  {said} (traceback: {log}); "
                            f"retrying from {start} (attempt {failure.attempt + 1}{of})")
+
+    def _errors(self) -> TrialErrors:
+        """The search's TrialErrors (a table pickled by an older version, restored by --resume, gets one)."""
+        if not hasattr(self, "errors"):
+            self.errors = TrialErrors(None)
+        return self.errors
 
     @property
     def unfinished(self) -> list[str]:
