@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from automl.cli import main as cli_main
+
 from trainer.data.annotations import read_annotation_file
-from trainer.data.convert import build_convert_config, convert, load_convert_spec
+from trainer.data.convert import build_convert_config, convert, load_convert_spec, split_train_val
 from trainer.data.synth import generate_dataset
 from trainer.errors import DataError, SpecError
 
+REPO = Path(__file__).resolve().parents[1]
+CONVERT_SPEC = REPO / "experiments" / "depth_net_mono" / "convert.yaml"
 NYU_KEYS = {"image_dir_pattern": ["rgb_"], "depth_dir_pattern": ["sync_depth_"], "image_extension": ".jpg",
             "depth_extension": ".png"}
 
@@ -29,7 +34,7 @@ def spec(root: Path, out: Path, **kw) -> dict:
 def test_split_ratio_writes_train_and_val_with_absolute_existing_pairs(nyu_tree: Path, tmp_path: Path,
                                                                        capsys) -> None:
     res = convert(spec(nyu_tree, tmp_path / "out", split_ratio=0.8), log=print)
-    assert res.counts == {"train": 16, "val": 4}
+    assert res.counts == {"train": 15, "val": 5}  # 4 scenes of 5 frames: 3 whole scenes nearest int(0.8 * 20)
     assert set(res.files) == {"train", "val"} and res.files["train"] == tmp_path / "out" / "train.txt"
     lines = res.files["train"].read_text().splitlines()
     assert all(Path(col).is_absolute() for line in lines for col in line.split())
@@ -41,8 +46,9 @@ def test_split_ratio_writes_train_and_val_with_absolute_existing_pairs(nyu_tree:
     assert {s.image for s in train}.isdisjoint({s.image for s in val})
     assert len({s.image for s in train + val}) == 20
     out = capsys.readouterr().out
-    assert "train.txt (16 samples)" in out and "val.txt (4 samples)" in out
-    assert "train: " in res.summary() and "(4 samples)" in res.summary()
+    assert "train.txt (15 samples)" in out and "val.txt (5 samples)" in out
+    assert "4 folders, 3 in train, 1 in val" in out
+    assert "train: " in res.summary() and "(5 samples)" in res.summary()
 
 
 def test_split_is_seeded(nyu_tree: Path, tmp_path: Path) -> None:
@@ -160,3 +166,54 @@ def test_empty_depth_extension_keeps_the_image_extension(tmp_path: Path) -> None
     assert res.counts == {"train": 2, "val": 2}
     samples = read_annotation_file(res.files["train"], require_depth=True)
     assert all(s.depth.suffix == ".png" and s.depth.parent.name == "depth" for s in samples)
+
+
+def scenes_of(path: Path) -> Counter:
+    """Frames per scene folder listed in an annotation file."""
+    return Counter(s.image.parent.name for s in read_annotation_file(path, require_depth=True))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_synth_output_converted_with_the_shipped_spec_keeps_each_scene_in_one_split(tmp_path: Path, capsys,
+                                                                                   seed: int) -> None:
+    # what a user runs: `automl synth` then `automl convert -e experiments/depth_net_mono/convert.yaml` with overrides
+    data = tmp_path / "synth"
+    assert cli_main(["synth", "--out", str(data), "--num", "30", "--size", "28x28", "--seed", "0",
+                     "--layout", "nyu"]) == 0
+    assert cli_main(["convert", "-e", str(CONVERT_SPEC), f"data_root={data}", f"results_dir={tmp_path / 'splits'}",
+                     f"seed={seed}"]) == 0
+    train, val = scenes_of(tmp_path / "splits" / "train.txt"), scenes_of(tmp_path / "splits" / "val.txt")
+    written = {p.parent.name for p in data.rglob("rgb_*.jpg")}
+    assert len(written) == 4  # 30 frames: one scene folder per 8 frames
+    assert set(train).isdisjoint(val), f"scenes in both splits: {set(train) & set(val)}"
+    assert set(train) | set(val) == written and sum(train.values()) + sum(val.values()) == 30
+    assert train and val
+    assert "4 folders" in capsys.readouterr().out
+
+
+def test_split_by_pair_is_taos_per_pair_shuffle(nyu_tree: Path, tmp_path: Path) -> None:
+    res = convert(spec(nyu_tree, tmp_path / "out", split_ratio=0.8, split_by="pair"), log=lambda _m: None)
+    assert res.counts == {"train": 16, "val": 4}  # TAO: int(0.8 * 20)
+    train, val = scenes_of(res.files["train"]), scenes_of(res.files["val"])
+    assert set(train) & set(val), "with seed 0 a per-pair shuffle puts some scene in both splits"
+
+
+def test_one_folder_of_images_is_split_pair_by_pair_as_tao(tmp_path: Path) -> None:
+    for i in range(10):
+        for name in (f"rgb_{i}.jpg", f"sync_depth_{i}.png"):
+            (tmp_path / "flat").mkdir(exist_ok=True)
+            (tmp_path / "flat" / name).write_bytes(b"x")
+    res = convert(spec(tmp_path / "flat", tmp_path / "out", split_ratio=0.7), log=lambda _m: None)
+    assert res.counts == {"train": 7, "val": 3}
+
+
+def test_split_keeps_a_val_scene_when_the_nearest_cut_would_leave_none() -> None:
+    # two scenes of 10: int(0.8 * 20) = 16 is nearer 20 (all train) than 10, yet val must get a scene
+    groups = [[(Path(f"/d/{s}/rgb_{i}.jpg"), None) for i in range(10)] for s in "ab"]
+    split = split_train_val(groups, 0.8, seed=0)
+    assert len(split["train"]) == 10 and len(split["val"]) == 10
+
+
+def test_split_by_must_be_folder_or_pair(nyu_tree: Path, tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="split_by.*'scene'.*folder, pair"):
+        build_convert_config(spec(nyu_tree, tmp_path, split_by="scene"))

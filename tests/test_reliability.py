@@ -410,6 +410,14 @@ def test_fault_hooks_are_read_once_and_checked():
     assert set(hooks) == {FaultHook("kill_worker", 2, 1), FaultHook("out_of_memory", 0, 3)}
     with pytest.raises(UserError, match=r"AUTOML_TESTING_INJECT_NONFINITE='1': expected TRIAL_INDEX:STEP"):
         read_fault_hooks({"AUTOML_TESTING_INJECT_NONFINITE": "1"})
+    from automl.testing import EVERY_TRIAL, RuntimeErrorAtStep, fault_callbacks
+
+    every = read_fault_hooks({"AUTOML_TESTING_RUNTIME_ERROR": "*:2"})
+    assert every == (FaultHook("runtime_error", EVERY_TRIAL, 2),)
+    assert all(isinstance(cb, RuntimeErrorAtStep) for i in (0, 5) for cb in fault_callbacks(every, i, "/nowhere"))
+    assert len(fault_callbacks(every, 5, "/nowhere")) == 1
+    with pytest.raises(UserError, match=r"TRIAL_INDEX:STEP"):
+        read_fault_hooks({"AUTOML_TESTING_RUNTIME_ERROR": "2:*"})
 
 
 def test_trials_starting_together_get_distinct_sequence_numbers(tmp_path):

@@ -91,6 +91,18 @@ def test_objective_direction_inferred_from_name(skill, spec):
     assert space.mode == "max"
 
 
+def test_an_objective_given_on_the_command_line_gets_its_own_direction(skill, spec):
+    # `automl run --search-space search_spaces/depth_net_mono.yaml --objective val/d1` (docs/search-spaces.md):
+    # the file says `val/loss, mode: min`; minimising d1 would pick the worst trial as the winner
+    raw = {"objective": {"metric": "val/loss", "mode": "min"},
+           "parameters": {"train.optim.lr": {"type": "float", "low": 1e-6, "high": 1e-3}}}
+    assert parse_search_space(raw, skill=skill, spec=spec, metric="val/d1").mode == "max"
+    assert parse_search_space(raw, skill=skill, spec=spec, metric="val/d1", mode="min").mode == "min"
+    assert parse_search_space(raw, skill=skill, spec=spec, metric="val/loss").mode == "min"
+    assert parse_search_space({**raw, "objective": {"metric": "val/d1", "mode": "min"}}, skill=skill, spec=spec,
+                              metric="val/d1").mode == "min"  # the file's own choice for its own metric stands
+
+
 def test_conditions_must_refer_to_earlier_parameters(skill, spec):
     raw = {"parameters": {"train.optim.poly_power": {"type": "float", "low": 0.5, "high": 1.5,
                                                      "when": {"train.optim.lr_scheduler": ["LambdaLR"]}}}}

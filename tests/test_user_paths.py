@@ -134,7 +134,40 @@ def test_trials_failing_with_one_lasting_error_are_not_retried_and_stop_the_sear
     assert not ray_errors, "a lasting error went through Ray's retry path"
 
 
+@pytest.mark.slow
+def test_trials_raising_one_runtime_error_show_it_once_and_no_ray_traceback(synth_data, tmp_path):
+    """An error no check foresaw (a RuntimeError from the model) goes through Ray's retry path: every attempt of
+    every trial fails with it. The terminal shows one line per failed attempt, the error's text once, each trial's
+    traceback file by name, and none of Ray's tracebacks."""
+    from automl.testing import RUNTIME_ERROR_ENV, SIMULATED_RUNTIME_ERROR
+
+    root = _project(synth_data, tmp_path / "proj")
+    _relative_spec(root, num_trials=2, max_concurrent=2, max_failures=1)
+    (root / "space.yaml").write_text(search_space_text(diverge=False))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), RUNTIME_ERROR_ENV: "*:1"}
+    env.pop("TUNE_PRINT_ALL_TRIAL_ERRORS", None)
+    run = subprocess.run([AUTOML, "run", "-e", "spec.yaml", "--search-space", "space.yaml"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 2, run.stderr[-3000:]
+    terminal = run.stdout + run.stderr
+    assert terminal.count("Traceback") == 0 and 'File "' not in terminal, run.stderr[-3000:]
+    assert "Trials did not complete" not in terminal
+    failed = [line for line in run.stdout.splitlines() if line.startswith(("[search] retry", "[search] error"))]
+    assert len(failed) == 4, run.stdout  # 2 trials x (1 try + 1 retry): one line each
+    assert run.stdout.count(SIMULATED_RUNTIME_ERROR) == 1, run.stdout  # the error's text once ...
+    assert sum("same error" in line for line in failed) == 3  # ... then named as seen
+    summary = json.loads((root / "results/search/summary.json").read_text())
+    assert {t["reason"] for t in summary["trials"]} == {f"RuntimeError: {SIMULATED_RUNTIME_ERROR}"}
+    for t in summary["trials"]:  # each trial's traceback (both attempts) is in its own folder, named on its lines
+        log = Path(t["results_dir"]) / "error.txt"
+        assert sum(f"traceback: {log})" in line for line in failed) == 2
+        text = log.read_text()
+        assert text.count("Failure #") == 2 and 'File "' in text and SIMULATED_RUNTIME_ERROR in text
+    assert f"RuntimeError: {SIMULATED_RUNTIME_ERROR}" in run.stderr  # the closing message names it
+
+
 def test_the_failure_message_names_the_shared_error_and_hints_at_the_lr_only_when_trials_diverged(tmp_path):
+    from automl.search.stoppers import SEARCH_STOPPED
     from automl.search.winner import TrialRecord, failure_message
 
     def rec(state, reason):
@@ -142,7 +175,11 @@ def test_the_failure_message_names_the_shared_error_and_hints_at_the_lr_only_whe
                            reason=reason)
 
     same = failure_message([rec("error", "bad_data: x.png: unreadable")] * 3, "val/loss", tmp_path / "s.json")
-    assert "every trial failed with the same error" in same and "x.png" in same and "learning-rate" not in same
+    assert "every trial failed with the same error: bad_data" in same and "x.png" in same
+    assert "learning-rate" not in same and "search stopped" not in same  # all three ran: nothing was cut short
+    cut = failure_message([rec("error", "bad_data: x.png: unreadable")] * 2 + [rec("stopped", SEARCH_STOPPED)],
+                          "val/loss", tmp_path / "s.json")
+    assert "every trial failed with the same error, so the search stopped: bad_data" in cut
     diverged = failure_message([rec("pruned", "non_finite_loss"), rec("error", "out_of_memory: ...")],
                                "val/loss", tmp_path / "s.json")
     assert "learning-rate" in diverged and "out_of_memory" in diverged

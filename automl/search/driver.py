@@ -245,13 +245,15 @@ def run_tuner(skill: Any, prep: PreparedSearch) -> tuple[Any, bool]:
     from ray.tune.stopper import CombinedStopper
 
     from automl.search.progress import TrialTable
+    from automl.search.trial_errors import quiet_ray_trial_errors
 
     # our trial table replaces Tune's console reporter; Tune's snapshot-frequency warning is about its own
     # bookkeeping (we checkpoint every epoch on purpose)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    quiet_ray_trial_errors()  # one line per failed attempt from the table, not Ray's traceback each time
     opts, res = prep.options, prep.resources
-    table = TrialTable(prep.space, prep.num_epochs)
+    table = TrialTable(prep.space, prep.num_epochs, trials_dir=prep.results / "trials")
     same_failure = SameFailureStopper(min(res.concurrent, opts.num_trials))
     stoppers = [same_failure, *([EpochBudget(opts.budget_epochs)] if opts.budget_epochs else [])]
     run_config = tune.RunConfig(

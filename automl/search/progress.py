@@ -1,7 +1,9 @@
 """The live trial table printed during a search.
 
 On a terminal it is redrawn in place (at most every 2 s); when stdout is a file or a pipe it writes one line per
-trial start/end and a one-line summary at most every 60 s, so a log stays readable.
+trial start/end and a one-line summary at most every 60 s, so a log stays readable. A failed attempt of a trial
+(retried or given up) is one line in both cases: the error itself the first time it is seen, "same error as TRIAL"
+after that, and the file holding its traceback (automl.search.trial_errors).
 """
 
 from __future__ import annotations
@@ -10,18 +12,24 @@ import errno
 import math
 import sys
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 from ray.tune import Callback
 
 from automl.search.guards import DISK_FULL_PREFIX, FAIL_KEY, PRUNE_KEY, SearchStorageError, is_finite_number
 from automl.search.states import TrialState
+from automl.search.trial_errors import TrialErrors, TrialFailure
 
 
 class TrialTable(Callback):
-    def __init__(self, space: Any, num_epochs: int):
+    """Ray Tune callback that shows the search's trials; `trials_dir` (the search's trials/ folder) receives each
+    failed trial's traceback as `<trial_id>/error.txt`."""
+
+    def __init__(self, space: Any, num_epochs: int, trials_dir: Optional[Path] = None):
         self.space = space
         self.num_epochs = num_epochs
+        self.errors = TrialErrors(trials_dir)
         self.rows: dict[str, dict[str, Any]] = {}
         self._last_draw = 0.0
         self._drawn_lines = 0
@@ -71,10 +79,26 @@ class TrialTable(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
         row["state"] = TrialState.ERROR
-        self._event(f"error     {trial.trial_id}  (see {trial.local_path or trial.path})")
+        failure = self._errors().record(trial)
+        row["reason"] = failure.message
+        said, log = _failure_words(failure)
+        self._failure_line(f"[search] error     {trial.trial_id}  {said} (traceback: {log}); "
+                           f"gave up after {failure.attempt} attempt(s)")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._event(f"retry     {trial.trial_id}  (worker failed; continuing from its last checkpoint)")
+        failure = self._errors().record(trial)
+        limit = getattr(trial, "max_failures", -1)
+        of = f" of {limit + 1}" if isinstance(limit, int) and limit >= 0 else ""
+        start = "its last checkpoint" if _has_checkpoint(trial) else "the start"
+        said, log = _failure_words(failure)
+        self._failure_line(f"[search] retry     {trial.trial_id}  {said} (traceback: {log}); "
+                           f"retrying from {start} (attempt {failure.attempt + 1}{of})")
+
+    def _errors(self) -> TrialErrors:
+        """The search's TrialErrors (a table pickled by an older version, restored by --resume, gets one)."""
+        if not hasattr(self, "errors"):
+            self.errors = TrialErrors(None)
+        return self.errors
 
     @property
     def unfinished(self) -> list[str]:
@@ -103,6 +127,17 @@ class TrialTable(Callback):
             return self.stream.isatty()
         except (AttributeError, ValueError):
             return False
+
+    def _failure_line(self, line: str) -> None:
+        """One line for a failed attempt, shown on a terminal too (above the table, which is redrawn below it)."""
+        if self._tty():
+            if self._drawn_lines:
+                self.stream.write(f"\x1b[{self._drawn_lines}F\x1b[J")
+                self._drawn_lines = 0
+            self.stream.write(line + "\n")
+            self._draw(force=True)
+        else:
+            print(line, file=self.stream, flush=True)
 
     def _event(self, line: str) -> None:
         if self._tty():
@@ -138,6 +173,26 @@ class TrialTable(Callback):
         self.stream.write("\n".join(lines) + "\n")
         self.stream.flush()
         self._drawn_lines = len(lines)
+
+
+def _failure_words(failure: TrialFailure) -> tuple[str, str]:
+    """What a failed attempt's line says of its error (the text when first seen, else which trial showed it first)
+    and of its traceback file."""
+    if failure.first_seen_in is None:
+        said = failure.message
+    elif failure.first_seen_in == failure.trial_id:
+        said = "same error again"
+    else:
+        said = f"same error as {failure.first_seen_in}"
+    return said, str(failure.traceback_file) if failure.traceback_file else "none written"
+
+
+def _has_checkpoint(trial: Any) -> bool:
+    """Whether Ray Tune holds a checkpoint of `trial` to continue from."""
+    try:
+        return trial.checkpoint is not None
+    except Exception:  # noqa: BLE001 - a trial object of another Ray version: say "the start"
+        return False
 
 
 def _fmt(v: Optional[Any]) -> str:

@@ -129,10 +129,12 @@ def parse_search_space(raw: Mapping[str, Any], *, skill: Any, spec: Any, source:
         if key not in ("objective", "parameters", "initial_points"):
             bad(str(key), "unknown section; expected 'objective', 'parameters' and optionally 'initial_points'")
     obj = raw.get("objective") or {}
-    metric = metric or obj.get("metric") or "val/loss"
+    file_metric = obj.get("metric") or "val/loss"
+    metric = metric or file_metric
     if metric not in OBJECTIVES:
         bad("objective.metric", f"found {metric!r}, expected one of: {', '.join(OBJECTIVES)}")
-    mode = mode or obj.get("mode") or infer_mode(metric)
+    # the file's mode is the direction of the file's metric: another metric (--objective) gets its own direction
+    mode = mode or (obj.get("mode") if metric == file_metric else None) or infer_mode(metric)
     if mode not in ("min", "max"):
         bad("objective.mode", f"found {mode!r}, expected min or max")
 

@@ -22,6 +22,7 @@ from automl.search.space import SearchSpace
 from automl.search.states import ENDED, TrialState
 from automl.search.stoppers import SEARCH_STOPPED
 from automl.search.tracking import ParentRun
+from automl.search.trial_errors import describe_error
 from automl.skills.shared import TRACKING_FAILURES_FILE, UserError, first_line, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -161,9 +162,7 @@ def collect_trials(grid: Any, space: SearchSpace, num_epochs: int, baseline: Map
         elif unreadable is not None:
             state, reason = TrialState.ERROR, unreadable
         elif res.error is not None:
-            lines = [line for line in str(res.error).splitlines() if line.strip()]
-            last_line = (lines[-1].strip() if lines else "")[:300]
-            state, reason = TrialState.ERROR, f"{type(res.error).__name__}: {last_line}"
+            state, reason = TrialState.ERROR, describe_error(res.error)
         elif epochs >= num_epochs:
             state, reason = TrialState.COMPLETED, None
         else:
@@ -232,7 +231,9 @@ def failure_message(records: list[TrialRecord], metric: str, summary_file: Path)
     states = state_counts(records)
     ran = [r for r in records if r.reason != SEARCH_STOPPED]
     if ran and all(r.state == TrialState.ERROR for r in ran) and len(errors) == 1:
-        return f"every trial failed with the same error, so the search stopped: {errors.pop()}"
+        if len(ran) < len(records):  # the same-failure stopper ended the search before every trial ran
+            return f"every trial failed with the same error, so the search stopped: {errors.pop()}"
+        return f"every trial failed with the same error: {errors.pop()}"
     hint = (" (a learning-rate range that diverges everywhere is the usual cause)" if states[TrialState.PRUNED] else "")
     shown = "; ".join(sorted(errors))[:600]
     return (f"no trial finished with a finite {metric}: {states}" + (f"; errors: {shown}" if shown else "") +

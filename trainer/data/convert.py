@@ -8,6 +8,11 @@ defaults `jpg` / `png`, no dot needed); its depth file is derived by replacing e
 to `val.txt`.
 
 Added checks and choices (TAO has none of them):
+- the split keeps scenes whole (`split_by: folder`, the default): the frames of one folder below `data_root` (a
+  scene or sequence folder: NYU's `basement_0001a/`, `automl synth`'s `scene_000/`) all go to train or all to val,
+  so validation never sees a room it trained on; whole folders are shuffled and the cut falls where the train
+  count comes nearest to `int(split_ratio * n)`. When every image lies in one folder (KITTI's `image_2/`) there
+  is no scene to keep apart and pairs are shuffled one by one, as TAO does; `split_by: pair` always does that;
 - the shuffle is seeded (`seed`), so a split can be reproduced;
 - a file whose path contains the depth patterns is never taken as an image;
 - patterns are matched and replaced in the path below `data_root`, so a `data_root` that happens to contain a
@@ -52,6 +57,7 @@ class ConvertConfig:
     depth_extension: str = "png"  # TAO's default
     split_ratio: float = 0.0  # 0 or 1: test.txt only; otherwise the train fraction, truncated (the rest is val)
     seed: int = 0  # (ours) shuffle seed for the train/val split
+    split_by: str = "folder"  # (ours) folder: a scene folder's frames stay in one split; pair: TAO's per-pair shuffle
     allow_missing_depth: bool = False  # (ours) drop images whose derived depth file is missing
     # TAO stereo keys: accepted, unused
     right_dir_pattern: List[str] = field(default_factory=list)
@@ -60,6 +66,7 @@ class ConvertConfig:
     nocc_mask_dir_name: str = ""
 
 
+SPLIT_BY = ("folder", "pair")
 UNUSED_CONVERT_KEYS = ("right_dir_pattern", "nocc_dir_pattern", "nocc_extension", "nocc_mask_dir_name")
 
 
@@ -110,6 +117,9 @@ def _validate(cfg: DictConfig, origin_of: Callable[[str], Optional[str]]) -> lis
         bad("depth_dir_pattern", f"found {len(cfg.depth_dir_pattern)} patterns for {len(cfg.image_dir_pattern)} "
                                  f"image_dir_pattern entries; expected at most one depth pattern per image pattern "
                                  f"(depth_dir_pattern[i] replaces image_dir_pattern[i])")
+    if cfg.split_by not in SPLIT_BY:
+        bad("split_by", f"found {cfg.split_by!r}; expected one of {', '.join(SPLIT_BY)} (folder: the frames of one "
+                        f"folder below data_root stay in one split; pair: every pair shuffled on its own, as TAO)")
     if not 0.0 <= cfg.split_ratio <= 1.0:
         bad("split_ratio", f"found {cfg.split_ratio}; expected 0 or 1 (test.txt only) or a train fraction in "
                            f"(0, 1), e.g. 0.8")
@@ -154,8 +164,9 @@ def _swap_suffix(text: str, old: str, new: str) -> str:
     return text[: len(text) - len(old)] + new if old and text.endswith(old) else text
 
 
-def convert(cfg: ConvertConfig | DictConfig | Mapping, *, log: Callable[[str], None] = print) -> ConvertResult:
+def convert(cfg: ConvertConfig | DictConfig | Mapping, *, log: Optional[Callable[[str], None]] = None) -> ConvertResult:
     """Walk `data_root`, pair images with depth files, write the annotation files; return what was written."""
+    log = log or logger.info  # the report lines: logged (the CLI shows them), or to the caller's function
     c = _as_config(cfg)
     for key in UNUSED_CONVERT_KEYS:
         if c[key]:
@@ -214,11 +225,12 @@ def convert(cfg: ConvertConfig | DictConfig | Mapping, *, log: Callable[[str], N
     if ratio in (0.0, 1.0):
         splits = {"test": pairs}
     else:
-        shuffled = list(pairs)
-        random.Random(int(c.seed)).shuffle(shuffled)
-        n = len(shuffled)
-        n_train = int(ratio * n)  # TAO's count: truncated
-        splits = {"train": sorted(shuffled[:n_train]), "val": sorted(shuffled[n_train:])}
+        groups = split_groups(pairs, root, str(c.split_by))
+        splits = split_train_val(groups, ratio, int(c.seed))
+        if len(groups) < len(pairs):
+            log(f"convert: split by folder: {len(groups)} folders, "
+                f"{_count_groups(groups, splits['train'])} in train, {_count_groups(groups, splits['val'])} in val "
+                f"(no folder in both)")
     written: dict[str, Path] = {}
     counts: dict[str, int] = {}
     for name, rows in splits.items():
@@ -232,6 +244,46 @@ def convert(cfg: ConvertConfig | DictConfig | Mapping, *, log: Callable[[str], N
     log("convert: wrote " + ", ".join(f"{p} ({counts[k]} samples)" for k, p in written.items())
         + f" [{kind}; {len(pairs)} pairs from {root}]")
     return ConvertResult(written, counts, len(missing) if c.allow_missing_depth else 0)
+
+
+Pair = tuple[Path, Optional[Path]]
+
+
+def split_groups(pairs: Sequence[Pair], root: Path, split_by: str) -> list[list[Pair]]:
+    """The units a split moves whole, in the order of `pairs` (sorted paths): with `split_by` 'folder', the pairs
+    whose image lies in one folder below `root` (one scene or sequence), unless every image shares one folder;
+    otherwise (or with 'pair') one unit per pair."""
+    if split_by == "folder":
+        by_folder: dict[Path, list[Pair]] = {}
+        for pair in pairs:
+            by_folder.setdefault(pair[0].parent.relative_to(root), []).append(pair)
+        if len(by_folder) > 1:
+            return list(by_folder.values())
+    return [[pair] for pair in pairs]
+
+
+def split_train_val(groups: Sequence[Sequence[Pair]], ratio: float, seed: int) -> dict[str, list[Pair]]:
+    """Shuffle the groups (seeded) and cut where the train count comes nearest to TAO's `int(ratio * n)` (the
+    earlier cut on a tie), leaving both splits at least one group when that count lies strictly between 0 and n.
+    One pair per group gives TAO's split exactly: the first `int(ratio * n)` shuffled pairs."""
+    shuffled = list(groups)
+    random.Random(seed).shuffle(shuffled)
+    target = int(ratio * sum(len(g) for g in groups))  # TAO's count: truncated
+    cumulative = [0]
+    for g in shuffled:
+        cumulative.append(cumulative[-1] + len(g))
+    n = cumulative[-1]
+    cuts = range(1, len(shuffled)) if 0 < target < n and len(shuffled) > 1 else range(len(cumulative))
+    cut = min(cuts, key=lambda k: abs(cumulative[k] - target))
+    train = sorted(p for g in shuffled[:cut] for p in g)
+    val = sorted(p for g in shuffled[cut:] for p in g)
+    return {"train": train, "val": val}
+
+
+def _count_groups(groups: Sequence[Sequence[Pair]], rows: Sequence[Pair]) -> int:
+    """How many of `groups` have their pairs in `rows`."""
+    taken = set(rows)
+    return sum(1 for g in groups if g[0] in taken)
 
 
 def _no_images_message(root: Path, pats: list[str], ext: str, n_files: int, rels: list[str],
