@@ -101,3 +101,16 @@ def test_the_trial_table_prints_one_line_per_failed_attempt_with_the_error_once(
         f"[search] error     a  same error again (traceback: {log_a}); gave up after 2 attempt(s)",
     ]
     assert table.rows["a"]["state"] == "error" and table.rows["a"]["reason"] == "RuntimeError: boom"
+
+
+def test_the_trial_tables_periodic_line_counts_states_by_their_plain_names(tmp_path, capsys):
+    from automl.search.progress import TrialTable
+    from automl.search.states import TrialState
+
+    space = SimpleNamespace(names=["train.optim.lr"], metric="val/loss", mode="min")
+    table = TrialTable(space, num_epochs=3)
+    table.rows = {"a": {"state": TrialState.RUNNING, "best": 0.4}, "b": {"state": TrialState.RUNNING, "best": 0.3},
+                  "c": {"state": TrialState.STOPPED, "best": 0.5}}
+    table._last_summary = 0.0  # a minute has passed
+    table._maybe_draw()
+    assert capsys.readouterr().out == "[search] running=2  stopped=1  best val/loss=0.3\n"

@@ -152,10 +152,11 @@ class TrialTable(Callback):
             self._last_summary = time.time()
             counts: dict[str, int] = {}
             for r in self.rows.values():
-                counts[r["state"]] = counts.get(r["state"], 0) + 1
+                counts[str(r["state"])] = counts.get(str(r["state"]), 0) + 1  # plain names, as in summary.json
             best = [r["best"] for r in self.rows.values() if r.get("best") is not None]
             top = (min(best) if self.space.mode == "min" else max(best)) if best else None
-            print(f"[search] {counts}  best {self.space.metric}={_fmt(top)}", file=self.stream, flush=True)
+            shown = "  ".join(f"{state}={n}" for state, n in counts.items())
+            print(f"[search] {shown}  best {self.space.metric}={_fmt(top)}", file=self.stream, flush=True)
 
     def _draw(self, force: bool = False) -> None:
         now = time.time()
