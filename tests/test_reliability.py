@@ -410,7 +410,8 @@ def test_fault_hooks_are_read_once_and_checked():
     assert set(hooks) == {FaultHook("kill_worker", 2, 1), FaultHook("out_of_memory", 0, 3)}
     with pytest.raises(UserError, match=r"AUTOML_TESTING_INJECT_NONFINITE='1': expected TRIAL_INDEX:STEP"):
         read_fault_hooks({"AUTOML_TESTING_INJECT_NONFINITE": "1"})
-    from automl.testing import EVERY_TRIAL, RuntimeErrorAtStep, fault_callbacks
+    from automl.skills.lightning_faults import RuntimeErrorAtStep, fault_callbacks
+    from automl.testing import EVERY_TRIAL
 
     every = read_fault_hooks({"AUTOML_TESTING_RUNTIME_ERROR": "*:2"})
     assert every == (FaultHook("runtime_error", EVERY_TRIAL, 2),)
