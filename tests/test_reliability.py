@@ -946,3 +946,20 @@ def test_disk_full_while_writing_the_summary_closes_the_records_and_resume_write
     assert rc == 0, capsys.readouterr().err[-3000:]
     assert json.loads((results / "summary.json").read_text())["states"]["completed"] == 2
     assert {p: p.stat().st_mtime for p in results.glob("trials/*/fit.json")} == fits  # nothing trained again
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///results/mlflow.db", "file:///results/mlruns", "results/mlruns"])
+def test_a_cluster_refuses_a_local_tracking_store_and_names_a_server_on_the_cluster_address(uri, tmp_path,
+                                                                                           monkeypatch):
+    import ray.util
+
+    from automl.search import cluster
+    from trainer.errors import UserError
+
+    monkeypatch.setattr(cluster, "_alive_nodes", lambda: [{"NodeID": "a"}, {"NodeID": "b"}])
+    monkeypatch.setattr(ray.util, "get_node_ip_address", lambda: "10.1.2.3")
+    with pytest.raises(UserError) as err:
+        cluster.check_multinode_storage(tmp_path, uri)
+    message = str(err.value)
+    assert uri in message and "--host 10.1.2.3" in message and "--tracking-uri http://10.1.2.3:5000" in message
+    assert "0.0.0.0" not in message  # never every interface

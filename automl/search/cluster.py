@@ -78,12 +78,13 @@ def check_multinode_storage(storage: Path, tracking_uri: str, inputs: Mapping[st
     nodes = _alive_nodes()
     if len(nodes) <= 1:
         return
-    if tracking_uri.startswith("sqlite:") or tracking_uri.startswith("file:") or "://" not in tracking_uri:
+    if not tracking_uri.startswith(("http://", "https://")):  # sqlite:, a path: a file only this node writes
+        host = ray.util.get_node_ip_address()  # the address the other nodes reach this one at, not every interface
         raise UserError(
             f"the Ray cluster has {len(nodes)} nodes, but the MLflow store {tracking_uri} is a local file that "
-            f"workers on other nodes cannot write; run a tracking server (mlflow server --backend-store-uri "
-            f"sqlite:///mlflow.db --host 0.0.0.0 --port 5000 on a node all can reach) and pass "
-            f"--tracking-uri http://HOST:5000")
+            f"workers on other nodes cannot write; run a tracking server on this node's cluster address (mlflow "
+            f"server --backend-store-uri sqlite:///mlflow.db --host {host} --port 5000) and pass "
+            f"--tracking-uri http://{host}:5000")
     marker = storage / f".shared-check-{uuid.uuid4().hex[:8]}"
     marker.write_text("ok")
     paths = {STORAGE_KEY: str(marker), **(inputs or {})}

@@ -41,7 +41,8 @@ from automl.search.tracking import ParentRun, bound_http_retries, check_tracking
 from automl.search.trial import TrialContext, run_trial
 from automl.search.warmup import overlap_checks_with_ray, preload_config, with_frame_cache
 from automl.search.winner import finish_search
-from automl.skills.shared import StatusFile, UserError, check_free_space, check_writable, write_json_atomic
+from automl.skills.shared import (StatusFile, UserError, check_free_space, check_writable, default_tracking_uri,
+                                  storage_error, write_json_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,6 @@ def run_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> dict[str, A
     error anywhere (trials, Tune's state, Optuna, MLflow, the summary) stops the search with its records closed and
     one message (`automl.search.stop`); `--resume` continues it once there is room."""
     from automl.search.stop import reserve_for, stop_on_storage_error
-    from automl.skills.shared import storage_error
 
     results = Path(spec.results_dir).resolve()
     reserve = reserve_for(results)
@@ -150,8 +150,6 @@ def prepare_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> Prepare
     results, state, storage = _check_results(skill, spec, opts)
     space_path = opts.search_space or state.get("search_space") or str(skill.default_search_space())
     space = load_search_space(space_path, skill=skill, spec=spec, metric=opts.metric, mode=opts.mode)
-    from automl.skills.shared import default_tracking_uri
-
     tracking_uri = opts.tracking_uri or state.get("tracking_uri") or default_tracking_uri(results)
     tracking_env = bound_http_retries()  # MLflow calls fail in seconds, not minutes, when the server is down
     check_tracking_reachable(tracking_uri)
