@@ -51,7 +51,54 @@ def test_preload_config_and_its_switch(tmp_path: Path, monkeypatch) -> None:
     assert os.environ["AUTOML_PRELOAD_SLOTS_DIR"] == str(tmp_path)  # inherited by the local Ray's workers
     assert os.environ["AUTOML_PRELOAD_SKILL"] == "depth_net_mono"
     from automl.search.warmup import preload_slots
+    # CPU-only nodes: 2 (at most one per CPU); GPU nodes: 4 trials per GPU and the probe, at most one per CPU
     assert [preload_slots(n) for n in (1, 2, 16, 128)] == [1, 2, 2, 2]
+    assert [preload_slots(16, 1), preload_slots(32, 2), preload_slots(8, 2), preload_slots(128, 8)] == [5, 9, 8, 33]
+    assert preload_config(str(tmp_path), "depth_net_mono", local=False) == {}  # a cluster's workers are its own
+
+
+def test_visible_gpus_reads_cuda_visible_devices_without_touching_cuda(monkeypatch) -> None:
+    from automl.search.warmup import visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,3")
+    assert visible_gpus() == 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert visible_gpus() == 0
+
+
+PRELOAD_PROBE = """import os
+with open(os.environ["PRELOADED_PIDS"], "a") as fh:
+    fh.write(f"{os.getpid()}\\n")
+"""
+
+
+def test_tune_trial_actors_start_on_the_preloaded_processes_of_a_local_ray(tmp_path: Path) -> None:
+    """The path Tune takes to create a trial actor (its actor-class cache) lands on a process that ran the preload
+    module, and that process has PL_DISABLE_FORK=1, as Tune's own runtime environment would have given it."""
+    (tmp_path / "preload_probe.py").write_text(PRELOAD_PROBE)
+    code = f"""
+import os, sys, time, ray
+os.environ["PRELOADED_PIDS"] = {str(tmp_path / "pids.txt")!r}
+os.environ["PYTHONPATH"] = {str(tmp_path)!r} + os.pathsep + os.environ.get("PYTHONPATH", "")
+os.environ.pop("PL_DISABLE_FORK", None)
+from automl.search.warmup import share_worker_environment
+from ray.tune.execution.class_cache import _ActorClassCache
+print("shared", share_worker_environment())
+ray.init(address="local", num_cpus=2, include_dashboard=False,
+         _system_config={{"preload_python_modules": ["preload_probe"]}})
+class Trial:
+    def where(self):
+        return os.getpid(), os.environ.get("PL_DISABLE_FORK")
+pid, fork = ray.get(_ActorClassCache().get(Trial).options(num_cpus=1).remote().where.remote())
+time.sleep(0.5)
+print("landed", pid in [int(x) for x in open(os.environ["PRELOADED_PIDS"]).read().split()], fork)
+ray.shutdown()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith(("shared", "landed"))]
+    assert lines == ["shared True", "landed True 1"], out.stdout + out.stderr
 
 
 def test_only_the_first_processes_of_a_node_claim_a_preload_slot(tmp_path: Path) -> None:

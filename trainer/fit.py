@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from trainer.callbacks import AtomicCheckpointIO, Reporter, RunRecorder, _is_tty
 from trainer.config import save_spec, to_plain
 from trainer.errors import CheckpointError, UserError, first_line
+from trainer.disk import run_bytes
 from trainer.records import StatusFile, check_free_space, check_writable, write_json_atomic
 from trainer.tracking import TRACKING_FAILURES_FILE, MlflowRun, TrackingConfig, curated_params
 
@@ -82,32 +83,6 @@ class _FirstStep(pl.Callback):
 def results_dir_of(spec: DictConfig) -> Path:
     """Training writes to `train.results_dir` when set (TAO), else the spec's `results_dir`."""
     return Path(spec.train.results_dir or spec.results_dir)
-
-
-# what a run keeps on disk: last.ckpt, best.ckpt and the temporary file of the checkpoint being written
-CHECKPOINTS_ON_DISK = 3
-RUN_MARGIN_BYTES = 16 * 2**20  # status.json, spec, logs, MLflow rows, the disk reserve
-
-
-def checkpoint_bytes(spec: DictConfig) -> int:
-    """Estimated size of one training checkpoint of `spec`'s model: fp32 weights and buffers plus AdamW's two
-    moments per trained parameter. The network is built on the meta device (no memory, well under a second)."""
-    from trainer.model.depth_anything import build_model
-
-    with torch.device("meta"):
-        model = build_model(spec)
-    total = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
-    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return 4 * (total + 2 * trained)
-
-
-def run_bytes(spec: DictConfig, runs: int = 1) -> tuple[int, str]:
-    """What `runs` training runs of `spec` write at most (checkpoints x kept + a margin), and how that was counted."""
-    one = checkpoint_bytes(spec)
-    need = runs * (CHECKPOINTS_ON_DISK * one + RUN_MARGIN_BYTES)
-    who = f"{runs} runs x " if runs > 1 else ""
-    return need, (f"{who}{CHECKPOINTS_ON_DISK} checkpoints of {one / 2**20:.1f} MiB (last, best, the one being "
-                  f"written) + {RUN_MARGIN_BYTES // 2**20} MiB for records")
 
 
 def _started_ranks(ranks: int) -> tuple[str, int, Any, list[Any]]:

@@ -152,13 +152,12 @@ def prepare_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> Prepare
     space = load_search_space(space_path, skill=skill, spec=spec, metric=opts.metric, mode=opts.mode)
     tracking_uri = opts.tracking_uri or state.get("tracking_uri") or default_tracking_uri(results)
     tracking_env = bound_http_retries()  # MLflow calls fail in seconds, not minutes, when the server is down
-    check_tracking_reachable(tracking_uri)
     if "://" not in str(opts.storage_path or state.get("storage_path") or ""):
         check_writable(storage)  # a local --storage-path: writable, with room for checkpoints, before Ray starts
 
     spec = with_frame_cache(skill, spec, results / FRAME_CACHE)  # filled by the pre-flight check, read by trials
-    system_config = preload_config(str(results / PRELOAD_SLOTS_DIR), skill.name)
-    for line in overlap_checks_with_ray(lambda: skill.preflight(spec),
+    system_config = preload_config(str(results / PRELOAD_SLOTS_DIR), skill.name, local=not opts.address)
+    for line in overlap_checks_with_ray(lambda: _checks_beside_ray(skill, spec, opts, results, tracking_uri),
                                         lambda: cluster.init_ray(opts.address, system_config)):
         log.info(f"checked: {line}")
     storage.mkdir(parents=True, exist_ok=True)
@@ -179,13 +178,10 @@ def prepare_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> Prepare
 
 
 def _check_results(skill: Any, spec: DictConfig, opts: SearchOptions) -> tuple[Path, dict[str, Any], Path]:
-    """The results folder (writable, with room for every trial's checkpoints), the saved search state (for
-    `--resume`; {} for a new search) and Ray's storage path; a new search never overwrites an old one."""
+    """The results folder (writable), the saved search state (for `--resume`; {} for a new search) and Ray's
+    storage path; a new search never overwrites an old one."""
     results = Path(spec.results_dir).resolve()
     check_writable(results)
-    # every trial keeps its checkpoints; a search with an epoch budget runs at most one trial per budgeted epoch
-    runs = min(opts.num_trials, opts.budget_epochs) if opts.budget_epochs else opts.num_trials
-    check_free_space(results, *skill.storage_needed(spec, runs))
     state_path = results / STATE_FILE
     state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.is_file() else {}
     storage = Path(opts.storage_path or state.get("storage_path") or results / "ray")
@@ -195,6 +191,17 @@ def _check_results(skill: Any, spec: DictConfig, opts: SearchOptions) -> tuple[P
         raise UserError(f"{results} already holds a search; continue it with --resume, or choose another "
                         f"results_dir=PATH")
     return results, state, storage
+
+
+def _checks_beside_ray(skill: Any, spec: DictConfig, opts: SearchOptions, results: Path,
+                       tracking_uri: str) -> list[str]:
+    """The checks that run while Ray starts (each costs seconds of imports: torch, MLflow's store): the tracking
+    store answers, the results folder has room for every trial's checkpoints (a search with an epoch budget runs at
+    most one trial per budgeted epoch), the skill's pre-flight of the data; its lines."""
+    check_tracking_reachable(tracking_uri)
+    runs = min(opts.num_trials, opts.budget_epochs) if opts.budget_epochs else opts.num_trials
+    check_free_space(results, *skill.storage_needed(spec, runs))
+    return list(skill.preflight(spec))
 
 
 def _baseline(space: SearchSpace, spec: DictConfig, sampler: str) -> dict[str, Any]:

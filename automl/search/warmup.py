@@ -6,9 +6,10 @@ Contract:
   the calling thread; a failed check shuts Ray down and raises (see the function).
 - `preload_config()`: the `_system_config` that makes a local Ray's worker processes (Ray starts one per CPU before
   any task asks for one) import `PRELOAD_MODULE` when they start, so that the probe of `--gpus-per-trial auto`
-  (a plain Ray task) finds the trainer imported; {} when
-  `AUTOML_PRELOAD_WORKERS=0`. That module imports the stack in at most `preload_slots(CPUs)` processes per node
-  (the first to claim a slot file), so a node with many CPUs does not hold dozens of idle copies of torch.
+  (a plain Ray task) and the first trials (Tune's actors, see `share_worker_environment`) find the trainer imported;
+  {} when `AUTOML_PRELOAD_WORKERS=0`. That module imports the stack in at most `preload_slots()` processes per node
+  (the first to claim a slot file): as many as trials can start at once there, so a node with many CPUs does not
+  hold dozens of idle copies of torch.
 """
 
 from __future__ import annotations
@@ -24,19 +25,52 @@ log = logging.getLogger(__name__)
 
 PRELOAD_ENV = "AUTOML_PRELOAD_WORKERS"  # "0": worker processes import nothing before their first trial
 PRELOAD_MODULE = "automl.search.preload"
-PRELOAD_SLOTS = 2  # at most this many processes per node import the stack
+PRELOAD_SLOTS = 2  # at least this many processes per node import the stack (at most one per CPU)
+TRIALS_PER_GPU = 4  # preloaded processes per GPU (see preload_slots)
 SLOTS_ENV = "AUTOML_PRELOAD_SLOTS_DIR"  # where the slot files live (set by the driver, inherited by Ray's workers)
 COUNT_ENV = "AUTOML_PRELOAD_SLOTS"  # how many (the driver's choice, inherited by Ray's workers)
 SKILL_ENV = "AUTOML_PRELOAD_SKILL"  # whose trainer stack (Skill.warm_imports) the workers import
 
 
-def preload_slots(cpus: int) -> int:
-    """Processes of a node that preload: PRELOAD_SLOTS (at most one per CPU). Ray starts one worker per CPU before
-    the search asks for any and runs plain tasks on them, such as the probe of `--gpus-per-trial auto`; Ray Tune's
-    trial actors are not placed on them (Tune gives its actors a runtime environment, `PL_DISABLE_FORK`, and Ray starts
-    new worker processes for that environment: seen with Ray 2.60), so more preloaded processes would only cost
-    memory and CPU while the search starts."""
-    return max(1, min(PRELOAD_SLOTS, cpus))
+def preload_slots(cpus: int, gpus: int = 0) -> int:
+    """Processes of a node that preload: one per trial that can start there at once (TRIALS_PER_GPU per GPU, the
+    packing `--gpus-per-trial auto` usually chooses) plus one for its probe, at least PRELOAD_SLOTS, at most one
+    per CPU. Each costs about 0.65 GiB of memory (torch, Lightning, timm, MLflow)."""
+    return max(1, min(cpus, max(PRELOAD_SLOTS, TRIALS_PER_GPU * gpus + 1)))
+
+
+def visible_gpus() -> int:
+    """GPUs this node shows its processes, found without touching CUDA (a process that initialised CUDA before Ray
+    chose its GPU would keep seeing them all): CUDA_VISIBLE_DEVICES when set, else the NVIDIA driver's
+    /proc/driver/nvidia/gpus entries; 0 without that driver."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    folder = Path("/proc/driver/nvidia/gpus")
+    return len(list(folder.iterdir())) if folder.is_dir() else 0
+
+
+def share_worker_environment() -> bool:
+    """Let Tune's trial actors start on the local Ray's preloaded worker processes; returns whether it did.
+
+    Ray Tune gives every trial actor the runtime environment {"env_vars": {"PL_DISABLE_FORK": "1"}}
+    (ray-project/ray#28197, `ray.tune.execution.class_cache.DEFAULT_ENV_VARS`), and Ray starts a new worker process
+    for an actor whose runtime environment differs from the job's, so a cold trial paid torch/Lightning/timm imports
+    (13.6 s on the H200 machine) even with preloaded processes idle. Here that variable goes into this process's
+    environment instead, which the local Ray's processes inherit, and Tune's per-actor default is emptied, so an
+    actor lands on an idle preloaded process (checked with Ray 2.60: tests/test_search_startup.py). Nothing changes
+    when Tune's default holds anything else, and variables Tune propagates from the driver's environment (AWS keys,
+    Ray Train's settings) still give the actors their own environment."""
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:
+        return False
+    defaults = getattr(class_cache, "DEFAULT_ENV_VARS", None)
+    if not isinstance(defaults, dict) or set(defaults) - {"PL_DISABLE_FORK"}:
+        return False
+    os.environ.update(defaults)
+    defaults.clear()
+    return True
 
 
 def preload_enabled() -> bool:
@@ -44,15 +78,18 @@ def preload_enabled() -> bool:
     return os.environ.get(PRELOAD_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def preload_config(slots_dir: str, skill_name: str) -> dict[str, Any]:
-    """`_system_config` for a local `ray.init`: preload the skill's trainer stack in the first PRELOAD_SLOTS workers.
-    Sets SLOTS_ENV (to `slots_dir`) and SKILL_ENV in this process, whose environment the local Ray's processes
-    inherit."""
-    if not preload_enabled():
+def preload_config(slots_dir: str, skill_name: str, local: bool = True) -> dict[str, Any]:
+    """`_system_config` for a local `ray.init`: preload the skill's trainer stack in the first `preload_slots()`
+    workers, and let trial actors use them (`share_worker_environment`). Sets SLOTS_ENV (to `slots_dir`), SKILL_ENV
+    and COUNT_ENV in this process, whose environment the local Ray's processes inherit. {} for a cluster
+    (`local=False`: its workers were started by `ray start`) and when AUTOML_PRELOAD_WORKERS=0."""
+    if not local or not preload_enabled():
         return {}
     os.environ.setdefault(SLOTS_ENV, slots_dir)
     os.environ.setdefault(SKILL_ENV, skill_name)
-    os.environ.setdefault(COUNT_ENV, str(preload_slots(os.cpu_count() or 1)))
+    os.environ.setdefault(COUNT_ENV, str(preload_slots(os.cpu_count() or 1, visible_gpus())))
+    if not share_worker_environment():
+        log.debug("Ray Tune's trial actors keep their own runtime environment: they start in new processes")
     return {"preload_python_modules": [PRELOAD_MODULE]}
 
 

@@ -127,7 +127,7 @@ class DepthNetMono(Skill):
                    ranks=ranks, timings=timings)
 
     def storage_needed(self, spec: DictConfig, runs: int = 1) -> tuple[int, str]:
-        from trainer.fit import run_bytes
+        from trainer.disk import run_bytes
 
         return run_bytes(spec, runs=runs)
 
