@@ -1,8 +1,10 @@
-"""What a training run writes to disk, estimated before it starts (the pre-flight room check of a run and of a
+"""Where a training run writes (`results_dir_of`) and what it writes to disk, estimated before it starts (the pre-flight room check of a run and of a
 search). Imports torch and the model code only when asked, never Lightning: a search's driver calls it before Ray
 starts, and Lightning's import alone took 5.6-7.8 s there."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -32,3 +34,8 @@ def run_bytes(spec: DictConfig, runs: int = 1) -> tuple[int, str]:
     who = f"{runs} runs x " if runs > 1 else ""
     return need, (f"{who}{CHECKPOINTS_ON_DISK} checkpoints of {one / 2**20:.1f} MiB (last, best, the one being "
                   f"written) + {RUN_MARGIN_BYTES // 2**20} MiB for records")
+
+
+def results_dir_of(spec: DictConfig) -> Path:
+    """Training writes to `train.results_dir` when set (TAO), else the spec's `results_dir`."""
+    return Path(spec.train.results_dir or spec.results_dir)

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from trainer.callbacks import AtomicCheckpointIO, Reporter, RunRecorder, _is_tty
 from trainer.config import save_spec, to_plain
 from trainer.errors import CheckpointError, UserError, first_line
-from trainer.disk import run_bytes
+from trainer.disk import results_dir_of, run_bytes
 from trainer.records import StatusFile, check_free_space, check_writable, write_json_atomic
 from trainer.tracking import TRACKING_FAILURES_FILE, MlflowRun, TrackingConfig, curated_params
 
@@ -78,11 +78,6 @@ class _FirstStep(pl.Callback):
             self.at = time.time()
             if self.timings is not None:
                 self.timings["first_step_at"] = self.at
-
-
-def results_dir_of(spec: DictConfig) -> Path:
-    """Training writes to `train.results_dir` when set (TAO), else the spec's `results_dir`."""
-    return Path(spec.train.results_dir or spec.results_dir)
 
 
 def _started_ranks(ranks: int) -> tuple[str, int, Any, list[Any]]:

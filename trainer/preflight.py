@@ -20,7 +20,7 @@ def check_before_training(spec: DictConfig) -> list[str]:
     """Read what `fit(spec)` reads before its first step (datasets, initial weights, results folder); raise
     the error `fit` would raise. Returns one line per check that passed."""
     from trainer.data.datasets import build_dataset
-    from trainer.fit import results_dir_of
+    from trainer.disk import results_dir_of
     from trainer.records import check_writable
 
     checked: list[str] = []
