@@ -43,6 +43,10 @@ def test_preload_config_and_its_switch(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("AUTOML_PRELOAD_SLOTS_DIR", raising=False)
     monkeypatch.delenv("AUTOML_PRELOAD_SLOTS", raising=False)
     monkeypatch.delenv("AUTOML_PRELOAD_SKILL", raising=False)
+    monkeypatch.delenv("PL_DISABLE_FORK", raising=False)  # preload_config moves Tune's actor default here
+    from ray.tune.execution import class_cache
+
+    monkeypatch.setattr(class_cache, "DEFAULT_ENV_VARS", dict(class_cache.DEFAULT_ENV_VARS))
     monkeypatch.setenv("AUTOML_PRELOAD_WORKERS", "0")
     assert preload_config(str(tmp_path), "depth_net_mono") == {}
     monkeypatch.setenv("AUTOML_PRELOAD_WORKERS", "1")
@@ -115,10 +119,25 @@ def test_preloading_imports_the_trainer_without_touching_the_gpu(tmp_path: Path)
     code = ("import os, sys, automl.search.preload as p; import torch; "
             "print('trainer.fit' in sys.modules, torch.cuda.is_initialized(), "
             "os.environ.get('TORCHINDUCTOR_CACHE_DIR'))")
-    env = {**__import__("os").environ, "AUTOML_PRELOAD_SLOTS_DIR": str(tmp_path)}
+    env = {**__import__("os").environ, "AUTOML_PRELOAD_SLOTS_DIR": str(tmp_path),
+           "AUTOML_PRELOAD_SKILL": "depth_net_mono"}  # as the driver sets it (preload_config)
     env.pop("TORCHINDUCTOR_CACHE_DIR", None)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     assert out.split() == ["True", "False", "None"]
+
+
+def test_preloaded_imports_ask_nvml_not_cuda_whether_a_gpu_exists(tmp_path: Path) -> None:
+    """A module that asks torch.cuda.is_available() while it is preloaded must not initialise CUDA (which would fix
+    the process's GPUs before Ray chooses one for its trial): torch answers from NVML then; the variable is gone
+    after."""
+    (tmp_path / "asks_cuda.py").write_text("import os\nSEEN = os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK')\n")
+    code = ("import os, sys; sys.path.insert(0, %r); import automl.search.preload as p; "
+            "p.preload(('asks_cuda',)); print(sys.modules['asks_cuda'].SEEN, "
+            "os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'))" % str(tmp_path))
+    env = {**__import__("os").environ, "AUTOML_PRELOAD_SLOTS_DIR": str(tmp_path / "slots"), "AUTOML_PRELOAD_SLOTS": "0"}
+    env.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.split() == ["1", "None"]
 
 
 def test_search_spec_gets_the_shared_frame_cache_unless_it_names_one(tmp_path: Path) -> None:

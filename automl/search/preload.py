@@ -20,6 +20,7 @@ from automl.search.warmup import COUNT_ENV, PRELOAD_SLOTS, SKILL_ENV, SLOTS_ENV
 log = logging.getLogger(__name__)
 
 MODULES = ("torch", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store", "automl.skills", "automl.search.trial")
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 _held: list = []  # the claimed slot files, kept open (and locked) for the life of the process
 
 
@@ -43,17 +44,25 @@ def claim_slot(folder: Optional[str], slots: int = PRELOAD_SLOTS) -> Optional[in
 
 def preload(modules: tuple[str, ...] = MODULES) -> float:
     """Import `modules` and the warm imports of the skill SKILL_ENV names (a failure is logged, not raised: the
-    trial imports what it needs itself); seconds taken."""
+    trial imports what it needs itself); seconds taken.
+
+    CUDA must stay uninitialised: Ray chooses a trial's GPU (CUDA_VISIBLE_DEVICES) when it places the trial on this
+    process, and CUDA reads that variable once, when it initialises. So while importing, torch answers "is CUDA
+    available" from NVML (PYTORCH_NVML_BASED_CUDA_CHECK=1), not by initialising CUDA; the variable is restored after."""
     started = time.time()
     modules = (*modules, *_skill_imports(os.environ.get(SKILL_ENV)))
-    cache_env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    saved = {k: os.environ.get(k) for k in ("TORCHINDUCTOR_CACHE_DIR", NVML_CHECK)}
+    os.environ[NVML_CHECK] = "1"
     for name in modules:
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - a trial on this process imports it again and reports the error
             log.exception("preloading %s failed", name)
-    if cache_env is None:  # the trial chooses the compile cache (trial.prepare_worker)
-        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    for key, value in saved.items():  # the trial chooses the compile cache (trial.prepare_worker)
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     return time.time() - started
 
 
