@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 from automl.search.packing import wants_auto
+from automl.search.tracking import is_server
 from automl.search.trial import warm_workers_enabled
 from automl.skills.shared import UserError
 
@@ -78,7 +79,7 @@ def check_multinode_storage(storage: Path, tracking_uri: str, inputs: Mapping[st
     nodes = _alive_nodes()
     if len(nodes) <= 1:
         return
-    if not tracking_uri.startswith(("http://", "https://")):  # sqlite:, a path: a file only this node writes
+    if not is_server(tracking_uri):  # sqlite:, a path: a file only this node writes
         host = ray.util.get_node_ip_address()  # the address the other nodes reach this one at, not every interface
         raise UserError(
             f"the Ray cluster has {len(nodes)} nodes, but the MLflow store {tracking_uri} is a local file that "

@@ -37,7 +37,7 @@ from automl.search.resume import driver_identity
 from automl.search.space import SearchSpace, load_search_space
 from automl.search.stop import search_interrupted, stop_signals
 from automl.search.stoppers import EpochBudget, SameFailureStopper
-from automl.search.tracking import ParentRun, bound_http_retries, check_tracking_reachable
+from automl.search.tracking import ParentRun, bound_http_retries, check_tracking_reachable, is_server
 from automl.search.trial import TrialContext, run_trial
 from automl.search.warmup import overlap_checks_with_ray, preload_config, with_frame_cache
 from automl.search.winner import finish_search
@@ -152,6 +152,8 @@ def prepare_search(skill: Any, spec: DictConfig, opts: SearchOptions) -> Prepare
     space = load_search_space(space_path, skill=skill, spec=spec, metric=opts.metric, mode=opts.mode)
     tracking_uri = opts.tracking_uri or state.get("tracking_uri") or default_tracking_uri(results)
     tracking_env = bound_http_retries()  # MLflow calls fail in seconds, not minutes, when the server is down
+    if is_server(tracking_uri):  # a server that does not answer stops the search before Ray starts
+        check_tracking_reachable(tracking_uri)
     if "://" not in str(opts.storage_path or state.get("storage_path") or ""):
         check_writable(storage)  # a local --storage-path: writable, with room for checkpoints, before Ray starts
 
@@ -195,10 +197,12 @@ def _check_results(skill: Any, spec: DictConfig, opts: SearchOptions) -> tuple[P
 
 def _checks_beside_ray(skill: Any, spec: DictConfig, opts: SearchOptions, results: Path,
                        tracking_uri: str) -> list[str]:
-    """The checks that run while Ray starts (each costs seconds of imports: torch, MLflow's store): the tracking
-    store answers, the results folder has room for every trial's checkpoints (a search with an epoch budget runs at
-    most one trial per budgeted epoch), the skill's pre-flight of the data; its lines."""
-    check_tracking_reachable(tracking_uri)
+    """The checks that run while Ray starts (each costs seconds: torch's import, the creation of a local MLflow
+    store): a local tracking store opens (a server was asked before Ray started), the results folder has room for
+    every trial's checkpoints (a search with an epoch budget runs at most one trial per budgeted epoch), the skill's
+    pre-flight of the data; its lines."""
+    if not is_server(tracking_uri):
+        check_tracking_reachable(tracking_uri)
     runs = min(opts.num_trials, opts.budget_epochs) if opts.budget_epochs else opts.num_trials
     check_free_space(results, *skill.storage_needed(spec, runs))
     return list(skill.preflight(spec))

@@ -74,6 +74,11 @@ def bound_http_retries() -> dict[str, str]:
     return settings
 
 
+def is_server(uri: str) -> bool:
+    """Whether `uri` names a tracking server (http/https), as opposed to a store in a local file (sqlite:, a path)."""
+    return str(uri).startswith(("http://", "https://"))
+
+
 def check_tracking_reachable(uri: str) -> None:
     """Fail before any trial starts when the tracking store cannot be reached (the URI is in the message)."""
     from mlflow.tracking import MlflowClient
