@@ -1,0 +1,13 @@
+#!/bin/bash
+# where the checks beside Ray's start go on the H200 machine: preloading on, then off
+set -u
+cd "$(dirname "$0")/.."
+mkdir -p /tmp/site && tar -xJf .gpu18/site.tar.xz -C /tmp/site || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+python3 -c "import torch, pytorch_lightning, timm, ray, mlflow.tracking, cv2, sqlalchemy, alembic" 2>&1 | tail -1
+for run in 1 2; do
+  echo "== preload on ($run)"; rm -rf /tmp/ct/search; ray stop --force >/dev/null 2>&1
+  python3 .gpu18/checks_timing.py /tmp/ct 2>&1 | grep "\[t\]"
+done
+echo "== preload off"; rm -rf /tmp/ct/search; ray stop --force >/dev/null 2>&1
+AUTOML_PRELOAD_WORKERS=0 python3 .gpu18/checks_timing.py /tmp/ct 2>&1 | grep "\[t\]"
