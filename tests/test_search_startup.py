@@ -172,24 +172,3 @@ print(len(space.params) > 0, any("samples" in ln for ln in lines), "pytorch_ligh
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.stdout.split()[-3:] == ["True", "True", "False"], out.stdout + out.stderr
-
-
-def test_checkpoint_sizing_runs_in_its_own_process_and_falls_back_to_this_one(synth_data, tmp_path: Path) -> None:
-    """The driver sizes the trials' checkpoints in a separate process (torch and timm imports beside its other
-    checks); the answer is the skill's own, and when that process cannot answer, the driver sizes them itself."""
-    from automl.search.warmup import storage_needed_elsewhere
-    from automl.skills import get_skill
-    from tests.conftest import tiny_spec_tree
-    from trainer.config import build_spec
-
-    skill = get_skill("depth_net_mono")
-    spec = build_spec(tiny_spec_tree(synth_data, tmp_path / "res"), notice=lambda _m: None)
-    assert storage_needed_elsewhere(skill, spec, 3)() == skill.storage_needed(spec, 3)
-
-    class Unregistered:  # the other process cannot find this skill, so the answer comes from this process
-        name = "no_such_skill"
-
-        def storage_needed(self, spec, runs):
-            return runs, "counted here"
-
-    assert storage_needed_elsewhere(Unregistered(), spec, 7)() == (7, "counted here")

@@ -39,8 +39,7 @@ from automl.search.stop import search_interrupted, stop_signals
 from automl.search.stoppers import EpochBudget, SameFailureStopper
 from automl.search.tracking import ParentRun, bound_http_retries, check_tracking_reachable, is_server
 from automl.search.trial import TrialContext, run_trial
-from automl.search.warmup import (overlap_checks_with_ray, preload_config, storage_needed_elsewhere,
-                                  with_frame_cache)
+from automl.search.warmup import overlap_checks_with_ray, preload_config, with_frame_cache
 from automl.search.winner import finish_search
 from automl.skills.shared import (StatusFile, UserError, check_free_space, check_writable, default_tracking_uri,
                                   storage_error, write_json_atomic)
@@ -202,13 +201,11 @@ def _checks_beside_ray(skill: Any, spec: DictConfig, opts: SearchOptions, result
     store): a local tracking store opens (a server was asked before Ray started), the results folder has room for
     every trial's checkpoints (a search with an epoch budget runs at most one trial per budgeted epoch), the skill's
     pre-flight of the data; its lines."""
-    runs = min(opts.num_trials, opts.budget_epochs) if opts.budget_epochs else opts.num_trials
-    storage_needed = storage_needed_elsewhere(skill, spec, runs)  # its own process, beside the two checks below
     if not is_server(tracking_uri):
         check_tracking_reachable(tracking_uri)
-    lines = list(skill.preflight(spec))
-    check_free_space(results, *storage_needed())
-    return lines
+    runs = min(opts.num_trials, opts.budget_epochs) if opts.budget_epochs else opts.num_trials
+    check_free_space(results, *skill.storage_needed(spec, runs))
+    return list(skill.preflight(spec))
 
 
 def _baseline(space: SearchSpace, spec: DictConfig, sampler: str) -> dict[str, Any]:

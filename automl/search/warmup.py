@@ -143,69 +143,6 @@ def overlap_checks_with_ray(checks: Callable[[], Sequence[str]], init_ray: Calla
     return [*lines, f"Ray started in {ray_s:.1f} s beside these checks ({checks_run.seconds or 0.0:.1f} s)"]
 
 
-SIZING_CODE = """import json, sys
-from automl.search.warmup import size_runs
-args = json.load(sys.stdin)
-print(json.dumps(size_runs(args["skill"], args["spec"], args["runs"])))
-"""
-
-
-def size_runs(skill_name: str, plain_spec: dict[str, Any], runs: int) -> tuple[int, str]:
-    """`Skill.storage_needed` of `runs` runs of the spec (a plain mapping); what the sizing process runs."""
-    from omegaconf import OmegaConf
-
-    from automl.skills import get_skill
-
-    skill = get_skill(skill_name)
-    return skill.storage_needed(skill.with_overrides(OmegaConf.create(plain_spec), {}), runs)
-
-
-def storage_needed_elsewhere(skill: Any, spec: Any, runs: int) -> Callable[[], tuple[int, str]]:
-    """Start sizing what `runs` runs of `spec` write (`skill.storage_needed`) in a new Python process and return the
-    call that waits for the answer. Sizing imports torch and timm and builds the model on the meta device (6.6-8.4 s
-    on the H200 machine), which a process of its own does beside the driver's other checks instead of after them.
-    The process is a plain `python -c` (not multiprocessing, which would import the caller's main script again).
-    When it fails for any reason, the call sizes in this process, so a bad spec raises the skill's own error here.
-    AUTOML_SIZE_IN_PROCESS=1 skips the process."""
-    import json
-    import subprocess
-    import sys
-
-    from omegaconf import OmegaConf
-
-    def here() -> tuple[int, str]:
-        return skill.storage_needed(spec, runs)
-
-    if os.environ.get("AUTOML_SIZE_IN_PROCESS", "0") == "1":
-        return here
-    request = json.dumps({"skill": skill.name, "spec": OmegaConf.to_container(spec, resolve=True), "runs": runs},
-                         default=str)
-    package_root = str(Path(__file__).resolve().parents[2])  # where `automl` is importable from
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
-    try:
-        proc = subprocess.Popen([sys.executable, "-c", SIZING_CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True, env=env)
-    except OSError:
-        log.debug("sizing in another process did not start", exc_info=True)
-        return here
-
-    def wait() -> tuple[int, str]:
-        try:
-            out, _ = proc.communicate(request, timeout=SIZING_TIMEOUT_S)
-            need, how = json.loads(out.strip().splitlines()[-1])
-            return int(need), str(how)
-        except Exception:  # noqa: BLE001 - this process raises the skill's own error, or answers
-            log.debug("sizing in another process failed (rc %s); sizing here", proc.poll(), exc_info=True)
-            if proc.poll() is None:
-                proc.kill()
-            return here()
-
-    return wait
-
-
-SIZING_TIMEOUT_S = 120
-
-
 FRAME_CACHE_KEY = "dataset.frame_cache_dir"
 
 
