@@ -25,7 +25,7 @@ def timed(mod, name):
     setattr(mod, name, wrap)
 import automl.search.driver as d, automl.search.cluster as cl
 from automl.skills.depth_net_mono import DepthNetMono
-for n in ("check_tracking_reachable", "load_search_space", "_check_results", "with_frame_cache"):
+for n in ("check_tracking_reachable", "load_search_space", "_check_results", "with_frame_cache", "check_free_space"):
     timed(d, n)
 timed(cl, "init_ray")
 for n in ("storage_needed", "preflight"):
