@@ -1,6 +1,6 @@
-"""Where a training run writes (`results_dir_of`) and what it writes to disk, estimated before it starts (the pre-flight room check of a run and of a
-search). Imports torch and the model code only when asked, never Lightning: a search's driver calls it before Ray
-starts, and Lightning's import alone took 5.6-7.8 s there."""
+"""Where a training run writes (`results_dir_of`) and what it writes to disk, estimated before it starts (the
+pre-flight room check of a run and of a search). Imports torch and the model code only when asked, never Lightning:
+a search's driver calls it before Ray starts, and Lightning's import alone took 5.6-7.8 s there."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Imported by a local Ray's worker processes when they start (automl.search.warmup.preload_config): imports what a
 training run's first step needs (torch, Lightning, timm, the trainer, MLflow's store, the trial function), so that a
-task or trial placed on this process later (the probe of `--gpus-per-trial auto`, the first trials: warmup.share_worker_environment) starts without paying for it. Only the first AUTOML_PRELOAD_SLOTS processes of a node do (each
-claims a slot file under AUTOML_PRELOAD_SLOTS_DIR and holds it while it lives); the others import nothing.
-Nothing here touches the GPU: Ray assigns a worker its GPUs when a trial is placed on it.
+task or trial placed on this process later (the probe of `--gpus-per-trial auto`; the first trials, see
+warmup.share_worker_environment) starts without paying for it. Only the first AUTOML_PRELOAD_SLOTS processes of a
+node do (each claims a slot file under AUTOML_PRELOAD_SLOTS_DIR and holds it while it lives); the others import
+nothing. Nothing here touches the GPU: Ray assigns a worker its GPUs when a trial is placed on it.
 """
 
 from __future__ import annotations
