@@ -45,8 +45,13 @@ def _add_tracking_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _tracking_uri(args: argparse.Namespace) -> Optional[str]:
-    """Resolved once here and passed down: --tracking-uri, then MLFLOW_TRACKING_URI, else None (the default)."""
-    return getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI") or None
+    """Resolved once here and passed down: --tracking-uri, then MLFLOW_TRACKING_URI, else None (the default); a
+    file store is refused (`check_not_file_store`)."""
+    from automl.skills.shared import check_not_file_store
+
+    uri = getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI") or None
+    check_not_file_store(uri)
+    return uri
 
 
 # ---------------------------------------------------------------------------------------------------------------

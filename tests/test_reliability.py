@@ -251,6 +251,31 @@ def test_unreachable_tracking_server_fails_before_any_trial(tiny_spec_tree_file,
     assert not (results / "trials").exists() and not (results / "ray").exists()
 
 
+@pytest.mark.parametrize("action", ["run", "off"])
+def test_an_mlflow_file_store_is_refused_up_front_with_the_sqlite_uri_to_use(tiny_spec_tree_file, tmp_path,
+                                                                             monkeypatch, capsys, action):
+    """`--tracking-uri mlruns` (a folder, MLflow's file store, which MLflow 3 no longer opens), given relative to the
+    user's cwd, stops both actions before anything trains, naming the SQLite URI to pass instead; the same folder
+    named in the spec (automl.tracking_uri: file:...) stops a search the same way."""
+    from automl.cli import EXIT_USER_ERROR, main
+    from automl.search import cluster
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(cluster, "init_ray", _must_not_run("Ray was started"))
+    spec, results = tiny_spec_tree_file
+    rc = main([action, "-e", "spec.yaml", "--tracking-uri", "mlruns"])
+    err = capsys.readouterr().err
+    assert rc == EXIT_USER_ERROR, err
+    assert "MLflow tracking store mlruns is a folder" in err
+    assert f"--tracking-uri sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}" in err, err
+    assert "Traceback" not in err and not (results / "checkpoints").exists() and not (tmp_path / "mlruns").exists()
+    if action == "run":
+        rc = main([action, "-e", "spec.yaml", f"automl.tracking_uri=file://{tmp_path / 'mlruns'}"])
+        err = capsys.readouterr().err
+        assert rc == EXIT_USER_ERROR and "is a folder (MLflow's file store)" in err, err
+
+
 def test_search_bounds_mlflow_http_retries_but_keeps_the_users_settings():
     from automl.search.tracking import http_retry_settings
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from trainer.errors import first_line
+from trainer.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,19 @@ def quiet_mlflow_logs() -> None:
 
     for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def check_not_file_store(uri: Optional[str]) -> None:
+    """Raise UserError when `uri` names MLflow's file store (`file:...`, or a folder path without a scheme), which
+    MLflow 3 keeps in maintenance mode and refuses to open; the message names the SQLite URI to use instead."""
+    from urllib.parse import urlparse
+
+    if not uri or urlparse(uri).scheme not in ("", "file"):
+        return
+    folder = Path(urlparse(uri).path if uri.startswith("file:") else uri)
+    raise UserError(f"MLflow tracking store {uri} is a folder (MLflow's file store), which MLflow 3 no longer opens; "
+                    f"pass a SQLite file (--tracking-uri {default_tracking_uri(folder)}), a tracking server "
+                    f"(--tracking-uri http://127.0.0.1:5000), or no --tracking-uri for RESULTS_DIR/mlflow.db")
 
 
 def default_tracking_uri(results_dir: str | Path) -> str:

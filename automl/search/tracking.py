@@ -83,8 +83,9 @@ def check_tracking_reachable(uri: str) -> None:
     """Fail before any trial starts when the tracking store cannot be reached (the URI is in the message)."""
     from mlflow.tracking import MlflowClient
 
-    from automl.skills.shared import UserError, quiet_mlflow_logs
+    from automl.skills.shared import UserError, check_not_file_store, quiet_mlflow_logs
 
+    check_not_file_store(uri)
     quiet_mlflow_logs()
     try:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)

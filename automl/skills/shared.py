@@ -13,12 +13,12 @@ from trainer.errors import (CheckpointError, DataError, NonFiniteLossError, Spec
 from trainer.records import (DiskReserve, StatusFile, check_free_space, check_writable, os_error_message,
                              storage_error, storage_message, write_json_atomic)
 from trainer.tracking import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, TRACKING_FAILURES_FILE, MlflowRun,
-                              TrackingConfig, default_tracking_uri, quiet_mlflow_logs)
+                              TrackingConfig, check_not_file_store, default_tracking_uri, quiet_mlflow_logs)
 
 __all__ = [
     "CheckpointError", "DataError", "NonFiniteLossError", "SpecError", "SpecProblem", "UserError", "first_line",
     "out_of_memory_message",
     "DiskReserve", "StatusFile", "check_free_space", "check_writable", "os_error_message", "storage_error", "storage_message", "write_json_atomic",
     "EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "TRACKING_FAILURES_FILE", "MlflowRun", "TrackingConfig",
-    "default_tracking_uri", "quiet_mlflow_logs",
+    "check_not_file_store", "default_tracking_uri", "quiet_mlflow_logs",
 ]
