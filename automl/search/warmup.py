@@ -85,9 +85,9 @@ def preload_config(slots_dir: str, skill_name: str, local: bool = True) -> dict[
     (`local=False`: its workers were started by `ray start`) and when AUTOML_PRELOAD_WORKERS=0."""
     if not local or not preload_enabled():
         return {}
-    os.environ.setdefault(SLOTS_ENV, slots_dir)
-    os.environ.setdefault(SKILL_ENV, skill_name)
-    os.environ.setdefault(COUNT_ENV, str(preload_slots(os.cpu_count() or 1, visible_gpus())))
+    os.environ[SLOTS_ENV] = slots_dir  # this search's, not one an earlier search of this process left
+    os.environ[SKILL_ENV] = skill_name
+    os.environ[COUNT_ENV] = str(preload_slots(os.cpu_count() or 1, visible_gpus()))
     if not share_worker_environment():
         log.debug("Ray Tune's trial actors keep their own runtime environment: they start in new processes")
     return {"preload_python_modules": [PRELOAD_MODULE]}
