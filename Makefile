@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+MIN_FREE_GB ?= 8
 
 .PHONY: install demo test test-fast bench clean help
 
@@ -16,6 +17,9 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required, found " + sys.version'
+	@test -x $(PY) || $(PYTHON) -c 'import shutil, sys; free = shutil.disk_usage(".").free / 2**30; \
+		sys.exit(0 if free >= $(MIN_FREE_GB) else "error: the virtual environment needs about $(MIN_FREE_GB) GB " \
+		f"of free disk (PyTorch); {free:.1f} GB free here. Free some space, or pass MIN_FREE_GB=0 to try anyway (make demo MIN_FREE_GB=0)")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install -e '.[dev]'

@@ -18,6 +18,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -124,14 +125,17 @@ def faulty_search(synth_data, tmp_path_factory) -> dict[str, Any]:
            "AUTOML_TESTING_INJECT_NONFINITE": f"{nan}:{plan['nan_step']}"}
     spec = write_yaml(tmp / "spec.yaml", search_tree(synth_data, results, epochs=epochs, num_trials=num_trials,
                                                      max_concurrent=2))
+    before = set(Path(tempfile.gettempdir()).glob("checkpoint_tmp_*"))
     done = run_cli(["run", "-e", str(spec), "--search-space", str(space_yaml(tmp))], tmp / "search.log", env,
                    timeout=600)
+    left = (set(Path(tempfile.gettempdir()).glob("checkpoint_tmp_*")) - before) | set(
+        results.glob("trials/*/.tune-report-*"))
     assert done.returncode == 0, f"plan {plan}\n{done.stdout[-5000:]}"
     summary = json.loads((results / "summary.json").read_text())
     order = trial_order(results)
     trials = {t["trial_id"]: t for t in summary["trials"]}
     return {"results": results, "summary": summary, "trials": trials, "plan": plan, "log": done.stdout,
-            "id": {role: order[plan[role]] for role in ("kill", "oom", "nan", "clean")}}
+            "id": {role: order[plan[role]] for role in ("kill", "oom", "nan", "clean")}, "left_behind": left}
 
 
 @pytest.mark.slow
@@ -173,6 +177,8 @@ def test_worker_killed_mid_epoch_is_retried_from_its_last_checkpoint(faulty_sear
     lines = status_lines(folder)
     starts = [line for line in lines if line["status"] == "STARTED"]
     assert len(starts) == 2 and "last.ckpt" in starts[1]["message"], "the retry did not start from a checkpoint"
+    # the retry read Tune's checkpoint where it lies: no copy of it left in the temporary folder
+    assert not faulty_search["left_behind"], sorted(map(str, faulty_search["left_behind"]))
     assert any(line["message"] == f"Training resumed at epoch {plan['kill_epoch']}" for line in lines)
     finished = [line["epoch"] for line in lines if line["status"] == "RUNNING" and line.get("epoch", -1) >= 0]
     assert finished == [0, 1], "epoch 0 was trained twice or epoch 1 never finished"

@@ -170,32 +170,50 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                               enabled=ctx.tracking_uri is not None)
     node_id = ray.get_runtime_context().get_node_id()
     restored = tune.get_checkpoint()
-    restored_dir = Path(restored.to_directory()) if restored is not None else None
-    if _replay_finished(out / REPORTS_FILE, restored_dir):
-        return
-    sent: list[dict[str, Any]] = []
+    # Tune's checkpoint of this trial, if any, read where it lies: to_directory() would copy it to a temporary
+    # folder that nothing removes (a full checkpoint per resumed trial left in /tmp)
+    with restored.as_directory() if restored is not None else contextlib.nullcontext() as restored_path:
+        restored_dir = Path(restored_path) if restored_path is not None else None
+        if _replay_finished(out / REPORTS_FILE, restored_dir):
+            return
+        sent: list[dict[str, Any]] = []
+        send = _reporter(ctx, out, sent, {"node_id": node_id, "trial_started_at": started_at, **worker})
+        with _finish_before_process_exit():
+            _run(ctx, spec, trial_id, out, tracking, restored_dir, send)
+        _write_json_atomic(out / REPORTS_FILE, {"trial_id": trial_id, "reports": sent})
+
+
+REPORT_STAGING_PREFIX = ".tune-report-"
+
+
+def _reporter(ctx: TrialContext, out: Path, sent: list[dict[str, Any]], extra: dict[str, Any]) -> Any:
+    """The trial's report function: each payload gets `extra` (node_id: where the trial ran, for summary.json;
+    trial_started_at and the worker's start-up times: benchmarks/search_gpu_busy.py) and its wall-clock time
+    (reported_at: orders epochs of concurrent trials), is kept in `sent`, and goes to Tune with the epoch's
+    checkpoint. The checkpoint is staged as a hard link in a hidden folder of the trial's own folder (same
+    filesystem: no copy); a folder left there by a killed process is removed by the trial's next attempt, so
+    nothing accumulates in /tmp. A DDP trial keeps its checkpoint in its own folder (see _run_distributed)."""
+    from ray import tune
+
+    for stale in out.glob(REPORT_STAGING_PREFIX + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
     def send(payload: dict[str, Any], checkpoint_path: Optional[str] = None) -> None:
-        payload["node_id"] = node_id  # where the trial ran (summary.json)
-        payload["reported_at"] = time.time()  # wall clock, to order epochs of concurrent trials (anytime curves)
-        payload["trial_started_at"] = started_at  # with fit.json: the trial's start-up (benchmarks/search_gpu_busy.py)
-        payload.update(worker)
+        payload.update(extra, reported_at=time.time())
         sent.append(dict(payload))
-        if checkpoint_path and ctx.ddp_workers <= 1:
-            with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
-                target = Path(tmp) / "last.ckpt"
-                try:
-                    os.link(checkpoint_path, target)  # no copy when on the same filesystem
-                except OSError:
-                    shutil.copy2(checkpoint_path, target)
-                (Path(tmp) / CHECKPOINT_EPOCH_FILE).write_text(json.dumps({"epoch": payload.get("epoch")}))
-                tune.report(payload, checkpoint=tune.Checkpoint.from_directory(tmp))
-        else:  # a DDP trial keeps its checkpoint in its own folder (see _run_distributed)
+        if not checkpoint_path or ctx.ddp_workers > 1:
             tune.report(payload)
+            return
+        with tempfile.TemporaryDirectory(prefix=REPORT_STAGING_PREFIX, dir=out) as tmp:
+            target = Path(tmp) / "last.ckpt"
+            try:
+                os.link(checkpoint_path, target)
+            except OSError:
+                shutil.copy2(checkpoint_path, target)
+            (Path(tmp) / CHECKPOINT_EPOCH_FILE).write_text(json.dumps({"epoch": payload.get("epoch")}))
+            tune.report(payload, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    with _finish_before_process_exit():
-        _run(ctx, spec, trial_id, out, tracking, restored_dir, send)
-    _write_json_atomic(out / REPORTS_FILE, {"trial_id": trial_id, "reports": sent})
+    return send
 
 
 def _run(ctx: TrialContext, spec: Any, trial_id: str, out: Path, tracking: Any, restored_dir: Optional[Path],
