@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, default_collate
 
 from trainer.data.annotations import Sample, describe_missing, missing_files, read_annotation_file
 from trainer.data.frame_cache import FrameCache
@@ -680,13 +680,14 @@ def build_infer_dataset(spec: Any) -> InferDataset:
 def collate_depth_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack tensors of equal shape into a batch; keep a list where shapes differ (evaluation ground truth at
     each image's own resolution, or images of different aspect ratios); ints become an int64 tensor; other
-    values (paths, skip lists) stay lists."""
+    values (paths, skip lists) stay lists. Stacking goes through torch's default_collate, which in a loader
+    worker writes the batch straight into shared memory (no second copy when it is sent to the trainer)."""
     out: dict[str, Any] = {}
     for key in items[0]:
         values = [it[key] for it in items]
         if all(isinstance(v, torch.Tensor) for v in values):
             same = all(v.shape == values[0].shape for v in values)
-            out[key] = torch.stack(values) if same else values
+            out[key] = default_collate(values) if same else values
         elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             out[key] = torch.tensor(values, dtype=torch.int64)
         else:
