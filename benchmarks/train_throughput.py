@@ -415,6 +415,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fast_nocompile": {"compile": False},
     "fast_detcudnn": {"cudnn_benchmark": False, "cudnn_deterministic": True},  # TAO's cuDNN defaults
     "fast_fullcompile": {"compile": "full"},
+    # the compiled regions replayed as CUDA graphs (Inductor's "reduce-overhead"): fewer kernel launches from the
+    # host, for small encoders at small batch where the step is host-bound (docs/benchmarks.md, vits batch 4)
+    "fast_cudagraphs": {"compile": "reduce-overhead"},
     "fast_interp": {"matmul_upsample": False},  # the head's upsampling through F.interpolate (atomic-add backward)
     # the trainer before this work with bf16 switched on: bf16 autocast + SDPA + fused AdamW, eager, contiguous
     # head, TAO's cuDNN settings (benchmark off, deterministic on), a host sync per step
@@ -527,7 +530,7 @@ def run_ours(model_tree: dict[str, Any], state: dict[str, torch.Tensor], loader,
                     tree["train"].setdefault("cudnn", {})[key.split("_", 1)[1]] = opts[key]
         if "channels_last" in opts:
             tree["train"]["channels_last"] = opts["channels_last"]
-        if "compile" in opts and opts["compile"] != "full":
+        if isinstance(opts.get("compile"), bool):
             tree["train"]["compile"] = opts["compile"]
         spec = build_spec(tree, check_files=False, notice=lambda _m: None)
         torch._dynamo.reset()
@@ -544,6 +547,10 @@ def run_ours(model_tree: dict[str, Any], state: dict[str, torch.Tensor], loader,
         if opts.get("compile") == "full":
             apply_fast_path(module.model, dataclasses.replace(fast, compile=False))
             module.model.compile()
+            fast = dataclasses.replace(fast, compile=True)
+        elif opts.get("compile") == "reduce-overhead":
+            apply_fast_path(module.model, dataclasses.replace(fast, compile=False))
+            module.model.compile_regions(mode="reduce-overhead")
             fast = dataclasses.replace(fast, compile=True)
         else:
             apply_fast_path(module.model, fast)
@@ -564,8 +571,9 @@ def run_ours(model_tree: dict[str, Any], state: dict[str, torch.Tensor], loader,
         out = {"variant": variant, "settings": {**fast.__dict__, "cudnn_benchmark": bool(spec.train.cudnn.benchmark),
                                                 "cudnn_deterministic": bool(spec.train.cudnn.deterministic),
                                                 "defer_nonfinite_check": module.defer_nonfinite_check,
-                                                "compile_scope": "full" if opts.get("compile") == "full" else
-                                                ("regional" if fast.compile else "none")},
+                                                "compile_scope": {"full": "full", "reduce-overhead":
+                                                                  "regional, CUDA graphs"}.get(
+                                                    opts.get("compile"), "regional" if fast.compile else "none")},
                "steps": len(timer.losses), "losses": [float(v) for v in torch.stack(timer.losses).float().cpu()],
                "window_step_ms": windows, "step_ms": median(windows), "spread": spread(windows),
                "first_step_s": timer.first_step_s, "second_step_s": timer.second_step_s,
@@ -682,7 +690,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     t0 = time.perf_counter()
 
     if args.smoke:
-        args.plan = args.plan if argv and any(a.startswith("--plan") for a in argv) else "smoke:ref,fast,fast_sync"
+        given = sys.argv[1:] if argv is None else argv
+        args.plan = args.plan if any(a.startswith("--plan") for a in given) else "smoke:ref,fast,fast_sync"
         args.size, args.batch, args.conv_steps, args.ablation_steps = "56x70", 2, 6, 4
         args.warmup, args.window, args.pool = 2, 2, 4
         args.extra = ""
