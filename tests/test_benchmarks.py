@@ -74,10 +74,12 @@ def test_search_gpu_busy_benchmark_smoke(tmp_path):
     result = search_gpu_busy.main(["--smoke", "--label", "smoke", "--out", str(tmp_path)])
     a = result["analysis"]
     assert result["run"]["rc"] == 0, (tmp_path / "work_smoke" / "automl_run.log").read_text()[-3000:]
-    assert a["trials"] == 3 and a["worker_processes"] == 2  # the third trial reused a worker
-    assert a["startup_warm_s"]["n"] == 1 and a["startup_cold_s"]["n"] == 2
+    # at most one process per concurrent trial: the third trial (or, when Tune ran the first two one after the
+    # other, the second too) reused a worker
+    assert a["trials"] == 3 and 1 <= a["worker_processes"] <= 2, a["per_trial"]
+    assert a["startup_warm_s"]["n"] >= 1 and a["startup_cold_s"]["n"] == a["worker_processes"]
     cold = [t for t in a["per_trial"] if t.get("worker_trial") == 0]
-    assert len(cold) == 2 and all(t.get("preloaded") for t in cold), a["per_trial"]  # no imports of their own
+    assert cold and all(t.get("preloaded") for t in cold), a["per_trial"]  # no imports of their own
     assert a["epochs"] >= 4 and a["trials_all_epochs"] >= 1 and not a["trials_all_epochs_not_success"]
     assert not a["fatal_python_error_in"]
     assert 0 < a["first_trial_step_s"] < a["search_wall_s"] <= a["cli_exit_s"]

@@ -50,7 +50,7 @@ def test_preload_config_and_its_switch(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("AUTOML_PRELOAD_WORKERS", "0")
     assert preload_config(str(tmp_path), "depth_net_mono") == {}
     monkeypatch.setenv("AUTOML_PRELOAD_WORKERS", "1")
-    assert preload_config(str(tmp_path), "depth_net_mono") == {"preload_python_modules": ["automl.search.preload"]}
+    assert preload_config(str(tmp_path), "depth_net_mono")["preload_python_modules"] == ["automl.search.preload"]
     import os
     assert os.environ["AUTOML_PRELOAD_SLOTS_DIR"] == str(tmp_path)  # inherited by the local Ray's workers
     assert os.environ["AUTOML_PRELOAD_SKILL"] == "depth_net_mono"
@@ -72,37 +72,38 @@ def test_visible_gpus_reads_cuda_visible_devices_without_touching_cuda(monkeypat
     assert visible_gpus() == 0
 
 
-PRELOAD_PROBE = """import os
-with open(os.environ["PRELOADED_PIDS"], "a") as fh:
-    fh.write(f"{os.getpid()}\\n")
-"""
-
-
 def test_tune_trial_actors_start_on_the_preloaded_processes_of_a_local_ray(tmp_path: Path) -> None:
-    """The path Tune takes to create a trial actor (its actor-class cache) lands on a process that ran the preload
-    module, and that process has PL_DISABLE_FORK=1, as Tune's own runtime environment would have given it."""
-    (tmp_path / "preload_probe.py").write_text(PRELOAD_PROBE)
+    """The path Tune takes to create trial actors (placement groups that reserve every CPU, then its actor-class
+    cache) lands them on the processes that preloaded the trainer, with PL_DISABLE_FORK=1 as Tune's own runtime
+    environment would have given them; also when the placement groups were reserved a while before the actors
+    (Ray's idle-worker killer then finds idle workers it has no free CPU for)."""
     code = f"""
 import os, sys, time, ray
-os.environ["PRELOADED_PIDS"] = {str(tmp_path / "pids.txt")!r}
-os.environ["PYTHONPATH"] = {str(tmp_path)!r} + os.pathsep + os.environ.get("PYTHONPATH", "")
+from ray.util.placement_group import placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 os.environ.pop("PL_DISABLE_FORK", None)
-from automl.search.warmup import share_worker_environment
+from automl.search.warmup import preload_config
 from ray.tune.execution.class_cache import _ActorClassCache
-print("shared", share_worker_environment())
-ray.init(address="local", num_cpus=2, include_dashboard=False,
-         _system_config={{"preload_python_modules": ["preload_probe"]}})
+config = preload_config({str(tmp_path / "slots")!r}, "depth_net_mono")
+print("shared", os.environ.get("PL_DISABLE_FORK"))
+ray.init(address="local", num_cpus=2, include_dashboard=False, _system_config=config)
+time.sleep(2.0)  # the workers idle longer than Ray's default keep-alive (1 s)
+groups = [placement_group([{{"CPU": 1}}]) for _ in range(2)]
+ray.get([g.ready() for g in groups])
+time.sleep(1.5)  # Ray's idle-worker killer runs every 200 ms
 class Trial:
     def where(self):
-        return os.getpid(), os.environ.get("PL_DISABLE_FORK")
-pid, fork = ray.get(_ActorClassCache().get(Trial).options(num_cpus=1).remote().where.remote())
-time.sleep(0.5)
-print("landed", pid in [int(x) for x in open(os.environ["PRELOADED_PIDS"]).read().split()], fork)
+        preload = sys.modules.get("automl.search.preload")
+        return bool(preload and preload._held), os.environ.get("PL_DISABLE_FORK")
+actors = [_ActorClassCache().get(Trial).options(num_cpus=1, scheduling_strategy=PlacementGroupSchedulingStrategy(g))
+          .remote() for g in groups]
+found = ray.get([a.where.remote() for a in actors])
+print("landed", [held for held, _ in found], [fork for _, fork in found])
 ray.shutdown()
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith(("shared", "landed"))]
-    assert lines == ["shared True", "landed True 1"], out.stdout + out.stderr
+    assert lines == ["shared 1", "landed [True, True] ['1', '1']"], out.stdout + out.stderr[-3000:]
 
 
 def test_only_the_first_processes_of_a_node_claim_a_preload_slot(tmp_path: Path) -> None:
