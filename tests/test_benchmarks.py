@@ -88,6 +88,15 @@ def test_search_gpu_busy_benchmark_smoke(tmp_path):
     assert saved["analysis"]["trials"] == 3 and (tmp_path / "smoke.png").is_file()
 
 
+def test_loader_transfer_benchmark_smoke(tmp_path):
+    import loader_transfer
+
+    result = loader_transfer.main(["--size", "16x20", "--batches", "5", "--repeats", "1",
+                                   "--out", str(tmp_path / "lt.json")])
+    assert set(result["median"]) == {"trainer", "stack"} and all(v > 0 for v in result["median"].values())
+    assert json.loads((tmp_path / "lt.json").read_text())["batches_per_run"] == 5
+
+
 def test_multi_gpu_benchmark_smoke(tmp_path):
     import multi_gpu
 
