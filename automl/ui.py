@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from automl.search.tracking import is_server
 from automl.skills.shared import UserError
 
 DEFAULT_PORT = 5000
@@ -257,7 +258,7 @@ def serve(results_dir: str | Path, *, host: str = "127.0.0.1", port: Optional[in
     """Start the UI for RESULTS_DIR and block until Ctrl-C (or SIGTERM); returns the exit status."""
     results = Path(results_dir).resolve()
     store = resolve_store(results)
-    if store.tracking_uri.startswith(("http://", "https://")):
+    if is_server(store.tracking_uri):
         links = find_links(store, store.tracking_uri.rstrip("/"))
         print(f"the search logged to the tracking server {store.tracking_uri}; nothing to start:")
         print_links(links, store)
